@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# Benchmark of the source: how fast `cdc run` reads a slot compared with pg_recvlogical, the
+# walsender's own speed. Prints numbers; it is not a test.
+#
+#   scripts/bench/source.sh            # both shapes
+#   SHAPES=2 scripts/bench/source.sh   # only shape 2
+#
+# Shape 1: one 1,000,000-row insert transaction, 500,000 updates in 5 transactions, a
+#          100,000-row delete (1.6M changes).
+# Shape 2: 200,000 one-row transactions.
+# Each shape is written once and read twice, from two copies of one slot: once by
+# pg_recvlogical (pgoutput, same publication, output to /dev/null), once by `cdc run` (stdout
+# sink to /dev/null, --stop-at the end position). Prints changes/s for both, the ratio, and
+# cdc's peak RSS.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+
+command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
+echo "== building cdc (release)"
+cargo build --release --quiet
+cdc="$root/target/release/cdc"
+
+work=$(mktemp -d /tmp/cdc-bench.XXXXXX)
+chmod 755 "$work"
+cleanup() { bash "$root/scripts/postgres.sh" stop "$work/pg" >/dev/null 2>&1 || true; rm -rf "$work"; }
+trap cleanup EXIT
+eval "$(bash "$root/scripts/postgres.sh" start "$work/pg")"
+bin="$CDC_TEST_PG_BIN"
+url="postgres://postgres@127.0.0.1:$CDC_TEST_PG_PORT/bench"
+psql_() { "$bin/psql" -X -q -v ON_ERROR_STOP=1 "$url" "$@"; }
+"$bin/psql" -X -q "postgres://postgres@127.0.0.1:$CDC_TEST_PG_PORT/postgres" -c "CREATE DATABASE bench"
+
+cat > "$work/cdc.toml" <<TOML
+[source]
+url = "$url"
+slot = "bench_cdc"
+publication = "bench"
+
+[sinks.out]
+type = "stdout"
+
+[[tables]]
+table = "public.items"
+sinks = ["out"]
+TOML
+
+run_shape() {
+  local shape=$1 changes=$2 load=$3
+  psql_ -c "DROP TABLE IF EXISTS items; CREATE TABLE items (id int PRIMARY KEY, title text, price numeric(10,2), updated_at timestamptz DEFAULT now());"
+  psql_ -c "DROP PUBLICATION IF EXISTS bench; CREATE PUBLICATION bench FOR TABLE items;"
+  psql_ -c "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput');" >/dev/null
+  bash -c "$load"
+  local end
+  end=$(psql_ -At -c "SELECT pg_current_wal_lsn()")
+  psql_ -c "SELECT pg_copy_logical_replication_slot('bench_recv', 'bench_cdc');" >/dev/null
+
+  local t0 t1 recv_s cdc_s
+  t0=$(date +%s.%N)
+  "$bin/pg_recvlogical" -d "$url" --slot bench_recv --start --endpos "$end" --no-loop \
+      -o proto_version=1 -o publication_names=bench -f /dev/null
+  t1=$(date +%s.%N)
+  recv_s=$(echo "$t1 - $t0" | bc -l)
+
+  t0=$(date +%s.%N)
+  /usr/bin/time -f "%M" -o "$work/rss" "$cdc" --config "$work/cdc.toml" run --stop-at "$end" > /dev/null 2> "$work/cdc.log"
+  t1=$(date +%s.%N)
+  cdc_s=$(echo "$t1 - $t0" | bc -l)
+
+  psql_ -c "SELECT pg_drop_replication_slot('bench_recv'); SELECT pg_drop_replication_slot('bench_cdc');" >/dev/null
+  printf "shape %s: %d changes | pg_recvlogical %.2fs = %.0f changes/s | cdc %.2fs = %.0f changes/s | ratio %.2f | cdc peak RSS %.1f MB\n" \
+    "$shape" "$changes" "$recv_s" "$(echo "$changes / $recv_s" | bc -l)" "$cdc_s" "$(echo "$changes / $cdc_s" | bc -l)" \
+    "$(echo "$recv_s / $cdc_s" | bc -l)" "$(echo "$(cat "$work/rss") / 1024" | bc -l)"
+}
+
+command -v bc >/dev/null || { apt-get update -qq && apt-get install -y -qq bc >/dev/null; }
+shapes=${SHAPES:-"1 2"}
+for shape in $shapes; do
+  case $shape in
+    1) run_shape 1 1600000 "
+         $bin/psql -X -q '$url' -c \"INSERT INTO items (id, title, price) SELECT g, 'item ' || g, g % 1000 + 0.99 FROM generate_series(1, 1000000) g\"
+         for k in 0 1 2 3 4; do $bin/psql -X -q '$url' -c \"UPDATE items SET price = price + 1 WHERE id > \$((k * 100000)) AND id <= \$(((k + 1) * 100000))\"; done
+         $bin/psql -X -q '$url' -c 'DELETE FROM items WHERE id <= 100000'" ;;
+    2) echo "INSERT INTO items (id, title, price) VALUES (nextval('bench_ids'), 'item', 1.99);" > "$work/one-row.sql"
+       psql_ -c "DROP SEQUENCE IF EXISTS bench_ids; CREATE SEQUENCE bench_ids;"
+       run_shape 2 200000 "$bin/pgbench -n -t 200000 -c 1 -f '$work/one-row.sql' '$url' >/dev/null" ;;
+  esac
+done

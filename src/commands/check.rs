@@ -1,0 +1,204 @@
+//! `cdc check`: validates the configuration, then connects and verifies everything that would
+//! break at run time. Each problem is one line that says how to fix it; the exit status is 1
+//! when there is any problem (warnings alone leave it 0).
+
+use tokio_postgres::Client;
+
+use crate::config::Config;
+use crate::source::connection::{self, Target};
+
+#[derive(Default)]
+pub struct Report {
+    pub problems: Vec<String>,
+    pub warnings: Vec<String>,
+    pub oks: Vec<String>,
+}
+
+impl Report {
+    fn problem(&mut self, s: impl Into<String>) {
+        self.problems.push(s.into());
+    }
+    fn warn(&mut self, s: impl Into<String>) {
+        self.warnings.push(s.into());
+    }
+    fn ok(&mut self, s: impl Into<String>) {
+        self.oks.push(s.into());
+    }
+}
+
+/// Runs every check and prints the report; returns the exit code.
+pub async fn run(config: &Config) -> anyhow::Result<i32> {
+    println!("ok: {} is valid ({} sinks, {} table mappings)", config.path.display(), config.sinks.len(), config.tables.len());
+    let report = check_postgres(config).await;
+    for line in &report.oks {
+        println!("ok: {line}");
+    }
+    for line in &report.warnings {
+        println!("warning: {line}");
+    }
+    for line in &report.problems {
+        println!("problem: {line}");
+    }
+    if report.problems.is_empty() {
+        println!("all checks passed");
+        Ok(0)
+    } else {
+        println!("{} problem(s) found", report.problems.len());
+        Ok(1)
+    }
+}
+
+pub async fn check_postgres(config: &Config) -> Report {
+    let mut r = Report::default();
+    let client = match connection::catalog(&config.source.url).await {
+        Ok(c) => c,
+        Err(e) => {
+            let target = Target::parse(&config.source.url).map(|t| t.describe()).unwrap_or_else(|_| "Postgres".into());
+            r.problem(format!("cannot connect to {target}: {e:#} — check source.url, that the server runs and accepts connections from this host"));
+            return r;
+        }
+    };
+    if let Err(e) = checks(config, &client, &mut r).await {
+        r.problem(format!("a check query failed: {e:#}"));
+    }
+    r
+}
+
+async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<()> {
+    let wal_level: String = c.query_one("SHOW wal_level", &[]).await?.get(0);
+    if wal_level == "logical" {
+        r.ok("wal_level = logical");
+    } else {
+        r.problem(format!("wal_level is {wal_level}, logical replication needs logical: ALTER SYSTEM SET wal_level = logical; then restart Postgres"));
+    }
+
+    let row = c
+        .query_one("SELECT current_user::text, rolreplication OR rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user", &[])
+        .await?;
+    let (user, can_replicate): (String, bool) = (row.get(0), row.get(1));
+    if can_replicate {
+        r.ok(format!("role {user} may replicate"));
+    } else {
+        r.problem(format!("role {user} lacks the REPLICATION attribute: ALTER ROLE {user} WITH REPLICATION;"));
+    }
+
+    let publication = &config.source.publication;
+    let pub_row = c.query_opt("SELECT pubviaroot FROM pg_catalog.pg_publication WHERE pubname = $1", &[publication]).await?;
+    match &pub_row {
+        None => r.problem(format!("publication {publication} does not exist: run `cdc setup`")),
+        Some(row) => {
+            let via_root: bool = row.get(0);
+            if via_root {
+                r.ok(format!("publication {publication} exists"));
+            } else {
+                r.warn(format!("publication {publication} has publish_via_partition_root = false: partitions' changes would carry the partition's name; run `cdc setup` to fix"));
+            }
+        }
+    }
+
+    for m in &config.tables {
+        let table = &m.table;
+        let row = c
+            .query_opt(
+                "SELECT c.oid::int8, c.relreplident::text, c.relkind::text, \
+                 EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
+                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2",
+                &[&table.schema, &table.name],
+            )
+            .await?;
+        let Some(row) = row else {
+            r.problem(format!("table {table} does not exist in the database (tables[].table); create it or fix the name"));
+            continue;
+        };
+        let oid: i64 = row.get(0);
+        let identity: String = row.get(1);
+        let has_pk: bool = row.get(3);
+        let columns: Vec<String> = c
+            .query(
+                "SELECT attname::text FROM pg_catalog.pg_attribute WHERE attrelid = $1::int8::oid AND attnum > 0 AND NOT attisdropped",
+                &[&oid],
+            )
+            .await?
+            .iter()
+            .map(|row| row.get(0))
+            .collect();
+        let named = m
+            .columns
+            .iter()
+            .flatten()
+            .chain(&m.exclude_columns)
+            .chain(m.key.iter().flatten())
+            .chain(m.id.iter().flatten())
+            .map(String::as_str)
+            .chain(m.filter.iter().flat_map(|f| f.columns()));
+        for col in named {
+            if !columns.iter().any(|c| c == col) {
+                r.problem(format!("{table} has no column {col:?} (named in its [[tables]] mapping); columns are: {}", columns.join(", ")));
+            }
+        }
+        if !has_pk && m.key.is_none() && identity != "f" && identity != "i" {
+            r.problem(format!(
+                "{table} has no primary key: add one, or set `key = [...]` in its mapping and run `cdc setup --replica-identity-full {table}` (ALTER TABLE {} REPLICA IDENTITY FULL)",
+                table.quoted()
+            ));
+        } else if !has_pk && m.key.is_none() && identity == "f" {
+            r.problem(format!("{table} has REPLICA IDENTITY FULL but no primary key: set `key = [...]` in its mapping so events have a key"));
+        }
+        if identity != "f" {
+            if m.filter.is_some() {
+                r.warn(format!(
+                    "{table} has a filter but not REPLICA IDENTITY FULL: an update that leaves the filter is sent as a delete even if the row was never in it; `cdc setup --replica-identity-full {table}` makes it exact"
+                ));
+            }
+            r.ok(format!("{table}: updates carry `changed: null` (unknown) unless REPLICA IDENTITY FULL is set"));
+        } else {
+            r.ok(format!("{table}: REPLICA IDENTITY FULL (updates list exactly which columns changed)"));
+        }
+        if pub_row.is_some() {
+            let covered = c
+                .query_opt(
+                    "SELECT 1 FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                    &[publication, &table.schema, &table.name],
+                )
+                .await?
+                .is_some();
+            if !covered {
+                r.problem(format!("publication {publication} does not cover {table}: run `cdc setup` (or ALTER PUBLICATION {publication} ADD TABLE {})", table.quoted()));
+            }
+        }
+    }
+
+    let slot = &config.source.slot;
+    let slot_row = c
+        .query_opt("SELECT plugin::text, active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[slot])
+        .await?;
+    match slot_row {
+        Some(row) => {
+            let plugin: Option<String> = row.get(0);
+            let active: bool = row.get(1);
+            if plugin.as_deref() != Some("pgoutput") {
+                r.problem(format!("slot {slot} uses plugin {plugin:?}, cdc needs pgoutput: `cdc teardown` then `cdc setup`"));
+            } else if active {
+                r.warn(format!("slot {slot} is in use by another connection (another cdc run?); only one reader can hold it"));
+            } else {
+                r.ok(format!("slot {slot} exists"));
+            }
+        }
+        None => {
+            let row = c
+                .query_one(
+                    "SELECT current_setting('max_replication_slots')::int8, (SELECT count(*) FROM pg_catalog.pg_replication_slots)",
+                    &[],
+                )
+                .await?;
+            let (max, used): (i64, i64) = (row.get(0), row.get(1));
+            if used < max {
+                r.ok(format!("slot {slot} does not exist yet; `cdc setup` or `cdc run` creates it ({used} of {max} slots used)"));
+            } else {
+                r.problem(format!("slot {slot} does not exist and all {max} replication slots are used: raise max_replication_slots or drop an unused slot"));
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,6 @@
+//! One module per CLI command. `main.rs` parses arguments and calls exactly one of these.
+
+pub mod check;
+pub mod run;
+pub mod setup;
+pub mod teardown;

@@ -1,0 +1,86 @@
+//! `cdc setup`: creates (or completes) the publication for the mapped tables, the replication
+//! slot, and cdc's own state schema; optionally sets REPLICA IDENTITY FULL on chosen tables.
+//! Safe to run again: it only adds what is missing.
+
+use anyhow::Context;
+
+use crate::config::Config;
+use crate::event::{quote_ident, TableName};
+use crate::source::connection;
+use crate::state;
+
+pub async fn run(config: &Config, replica_identity_full: &[String]) -> anyhow::Result<()> {
+    let client = connection::catalog(&config.source.url).await?;
+    let publication = &config.source.publication;
+    let mut tables: Vec<&TableName> = config.tables.iter().map(|t| &t.table).collect();
+    tables.sort();
+    tables.dedup();
+    let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+
+    let existing = client
+        .query_opt("SELECT pubviaroot FROM pg_catalog.pg_publication WHERE pubname = $1", &[publication])
+        .await?;
+    match existing {
+        None => {
+            client
+                .batch_execute(&format!(
+                    "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
+                    quote_ident(publication)
+                ))
+                .await
+                .with_context(|| format!("creating publication {publication:?} for {list}"))?;
+            println!("created publication {publication} for {list}");
+        }
+        Some(row) => {
+            let via_root: bool = row.get(0);
+            if !via_root {
+                client
+                    .batch_execute(&format!("ALTER PUBLICATION {} SET (publish_via_partition_root = true)", quote_ident(publication)))
+                    .await?;
+                println!("publication {publication}: set publish_via_partition_root = true");
+            }
+            for table in &tables {
+                let present = client
+                    .query_opt(
+                        "SELECT 1 FROM pg_catalog.pg_publication_tables WHERE pubname = $1 AND schemaname = $2 AND tablename = $3",
+                        &[publication, &table.schema, &table.name],
+                    )
+                    .await?;
+                if present.is_none() {
+                    client
+                        .batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), table.quoted()))
+                        .await
+                        .with_context(|| format!("adding {table} to publication {publication:?}"))?;
+                    println!("publication {publication}: added {table}");
+                }
+            }
+            println!("publication {publication} covers every mapped table");
+        }
+    }
+
+    for name in replica_identity_full {
+        let table = TableName::parse(name);
+        client
+            .batch_execute(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.quoted()))
+            .await
+            .with_context(|| format!("setting REPLICA IDENTITY FULL on {table}"))?;
+        println!("{table}: REPLICA IDENTITY FULL (updates and deletes now carry the whole old row)");
+    }
+
+    state::ensure_schema(&client).await.context("creating cdc's state schema")?;
+
+    let slot = &config.source.slot;
+    let exists = client.query_opt("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[slot]).await?;
+    if exists.is_some() {
+        println!("replication slot {slot} exists");
+    } else {
+        let row = client
+            .query_one("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')", &[slot])
+            .await
+            .with_context(|| format!("creating replication slot {slot:?}"))?;
+        let lsn: String = row.get(0);
+        println!("created replication slot {slot} at {lsn}: changes from here on are captured");
+    }
+    println!("next: cdc run --config {}", config.path.display());
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! The `cdc` command line: parses arguments, loads the configuration, calls one command.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use cdc::commands;
+use cdc::config;
+use cdc::event::Lsn;
+
+fn parse_lsn(s: &str) -> Result<Lsn, String> {
+    Lsn::parse(s).ok_or_else(|| format!("{s:?} is not an LSN like 0/1A2B3C4D"))
+}
+
+const EXAMPLES: &str = "\
+Examples:
+  cdc check                      validate cdc.toml and the database before the first run
+  cdc setup                      create the publication and the replication slot
+  cdc run                        stream changes to the configured sinks until SIGTERM
+  cdc --config /etc/cdc.toml run
+  CDC_CONFIG=/etc/cdc.toml RUST_LOG=cdc=debug cdc run";
+
+#[derive(Parser)]
+#[command(
+    name = "cdc",
+    version,
+    about = "Stream PostgreSQL row changes to a search index, webhooks and stdout",
+    long_about = "cdc reads a PostgreSQL logical replication slot (pgoutput), turns every committed row change into \
+an event (create, update, delete, truncate, with old and new values and the changed columns), routes events \
+through the [[tables]] mappings of one TOML file to sinks, and confirms the slot's position to Postgres only \
+after every sink has delivered everything up to it. Nothing committed is lost across crashes or outages.",
+    after_help = EXAMPLES
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(long, short, global = true, env = "CDC_CONFIG", default_value = "cdc.toml")]
+    config: PathBuf,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the daemon: stream the slot to the sinks until SIGINT/SIGTERM.
+    #[command(after_help = "Example:\n  cdc run --config cdc.toml\n\nLogs go to stderr (RUST_LOG=cdc=debug for more); the stdout sink writes events to stdout.\nOn SIGINT/SIGTERM cdc stops reading, lets sinks deliver what they hold, confirms the final position and exits 0.")]
+    Run {
+        /// Exit once the stream reaches this LSN (e.g. 0/1A2B3C4D, from SELECT pg_current_wal_lsn()):
+        /// every transaction committed before it is delivered and confirmed. For benchmarks and catch-ups.
+        #[arg(long, value_name = "LSN", value_parser = parse_lsn)]
+        stop_at: Option<Lsn>,
+    },
+    /// Validate the configuration, then check the database: wal_level, publication, keys, slot, role.
+    #[command(after_help = "Example:\n  cdc check --config cdc.toml\n\nEach problem is one line with its fix; the exit status is 1 when there is a problem.")]
+    Check,
+    /// Create the publication for the mapped tables and the replication slot (idempotent).
+    #[command(after_help = "Examples:\n  cdc setup\n  cdc setup --replica-identity-full public.items --replica-identity-full public.orders")]
+    Setup {
+        /// Also set REPLICA IDENTITY FULL on this table, so updates carry the whole old row and an
+        /// exact list of changed columns. Repeatable.
+        #[arg(long, value_name = "TABLE")]
+        replica_identity_full: Vec<String>,
+    },
+    /// Drop the replication slot (and say how much WAL it was holding); stop `cdc run` first.
+    #[command(after_help = "Example:\n  cdc teardown --drop-publication")]
+    Teardown {
+        /// Also drop the publication.
+        #[arg(long)]
+        drop_publication: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cdc=info,warn")),
+        )
+        .init();
+
+    let config = match config::load(&cli.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the async runtime");
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Run { stop_at } => commands::run::run(config, stop_at).await.map(|_| 0),
+            Command::Check => commands::check::run(&config).await,
+            Command::Setup { replica_identity_full } => commands::setup::run(&config, &replica_identity_full).await.map(|_| 0),
+            Command::Teardown { drop_publication } => commands::teardown::run(&config, drop_publication).await.map(|_| 0),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

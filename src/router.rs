@@ -1,0 +1,219 @@
+//! The router: table mappings → per-sink streams.
+//!
+//! For each event, every `[[tables]]` mapping of its table applies its filter, its ops and its
+//! projection (`route`, a pure function), and the resulting event goes — as one shared
+//! `Arc<Event>`, serialized at most once — to each sink the mapping names. Every transaction's
+//! commit goes to every sink, so each can acknowledge it.
+//!
+//! A filter defines the set of rows a mapping's sinks see. An update that moves a row into the
+//! set becomes a `create`; one that moves it out becomes a `delete` (with the old row); an
+//! update outside the set is dropped. An update that changes only columns outside the
+//! projection is dropped too: no sink could see a difference.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use crate::config::TableMapping;
+use crate::event::{Event, Lsn, Op, Row, TableName};
+use crate::sinks::SinkMsg;
+
+struct Route {
+    mapping: Arc<TableMapping>,
+    sinks: Vec<mpsc::Sender<SinkMsg>>,
+}
+
+pub struct Router {
+    routes: HashMap<TableName, Vec<Route>>,
+    sinks: Vec<(String, mpsc::Sender<SinkMsg>)>,
+}
+
+/// A sink's channel closed: the sink task ended (it failed; its error is reported by its task).
+#[derive(Debug, thiserror::Error)]
+#[error("sink {0} stopped")]
+pub struct SinkStopped(pub String);
+
+impl Router {
+    pub fn new(mappings: &[TableMapping], sinks: Vec<(String, mpsc::Sender<SinkMsg>)>) -> Router {
+        let mut routes: HashMap<TableName, Vec<Route>> = HashMap::new();
+        for mapping in mappings {
+            let senders = mapping
+                .sinks
+                .iter()
+                .filter_map(|name| sinks.iter().find(|(n, _)| n == name).map(|(_, tx)| tx.clone()))
+                .collect();
+            routes.entry(mapping.table.clone()).or_default().push(Route { mapping: Arc::new(mapping.clone()), sinks: senders });
+        }
+        Router { routes, sinks }
+    }
+
+    /// Drops every sender: each sink sees its channel close, delivers what it holds and ends.
+    pub fn close(&mut self) {
+        self.routes.clear();
+        self.sinks.clear();
+    }
+
+    /// Whether any mapping wants this table (unmapped tables are ignored).
+    pub fn wants(&self, table: &TableName) -> bool {
+        self.routes.contains_key(table)
+    }
+
+    pub async fn send(&self, event: Event) -> Result<(), SinkStopped> {
+        let Some(routes) = self.routes.get(&*event.table) else { return Ok(()) };
+        for r in routes {
+            let Some(routed) = route(&event, &r.mapping) else { continue };
+            let routed = Arc::new(routed);
+            for (tx, name) in r.sinks.iter().zip(&r.mapping.sinks) {
+                tx.send(SinkMsg::Event { event: routed.clone(), mapping: r.mapping.clone() })
+                    .await
+                    .map_err(|_| SinkStopped(name.clone()))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub async fn commit(&self, commit_lsn: Lsn, end_lsn: Lsn) -> Result<(), SinkStopped> {
+        for (name, tx) in &self.sinks {
+            tx.send(SinkMsg::Commit { commit_lsn, end_lsn }).await.map_err(|_| SinkStopped(name.clone()))?;
+        }
+        Ok(())
+    }
+}
+
+/// Applies one mapping to one event: filter (with move-in/move-out), ops, projection.
+pub fn route(event: &Event, mapping: &TableMapping) -> Option<Event> {
+    let op = match &mapping.filter {
+        None => event.op,
+        Some(filter) => {
+            let was_in = event.old.as_ref().and_then(|old| filter.matches(old));
+            let is_in = event.new.as_ref().and_then(|new| filter.matches(new));
+            match (event.op, was_in, is_in) {
+                (Op::Truncate, _, _) => Op::Truncate,
+                (Op::Create, _, Some(true)) => Op::Create,
+                (Op::Create, _, _) => return None,
+                (Op::Delete, Some(false), _) => return None,
+                (Op::Delete, _, _) => Op::Delete,
+                (Op::Update, Some(false), Some(true)) => Op::Create,
+                (Op::Update, _, Some(true)) => Op::Update,
+                (Op::Update, Some(false), Some(false)) => return None,
+                (Op::Update, _, Some(false)) => Op::Delete,
+                // The filter's column is an unchanged TOAST value and the old row is unknown:
+                // the row's membership did not change through this column; pass the update.
+                (Op::Update, _, None) => Op::Update,
+            }
+        }
+    };
+    if !mapping.ops.contains(&op) {
+        return None;
+    }
+    let project = |row: &Option<Row>| -> Option<Row> {
+        row.as_ref().map(|r| Row(r.0.iter().filter(|(name, _)| mapping.keeps(name)).cloned().collect()))
+    };
+    let changed = event.changed.as_ref().map(|c| c.iter().filter(|name| mapping.keeps(name)).cloned().collect::<Vec<_>>());
+    if op == Op::Update && changed.as_ref().is_some_and(|c| c.is_empty()) && event.key_changed() != Some(true) {
+        return None;
+    }
+    let key = match &mapping.key {
+        None => event.key.clone(),
+        Some(columns) => {
+            // The old row first: a key change carries the old key.
+            let source = if op == Op::Create { event.new.as_ref() } else { event.old.as_ref().or(event.new.as_ref()) };
+            source.map(|row| Row(columns.iter().filter_map(|c| row.0.iter().find(|(n, _)| &**n == c).cloned()).collect()))
+        }
+    };
+    let new = if op == Op::Delete { None } else { project(&event.new) };
+    Some(event.with_rows(key, project(&event.old), new, changed, op))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Filter;
+    use crate::event::{Position, Value};
+
+    fn row(pairs: &[(&str, Value)]) -> Row {
+        Row(pairs.iter().map(|(k, v)| (Arc::from(*k), v.clone())).collect())
+    }
+
+    fn s(v: &str) -> Value {
+        Value::String(v.into())
+    }
+
+    fn mapping() -> TableMapping {
+        TableMapping::new(TableName::parse("items"), vec!["out".into()])
+    }
+
+    fn update(old: Option<Row>, new: Row, changed: Option<&[&str]>) -> Event {
+        let key = Some(row(&[("id", Value::Int(1))]));
+        Event::new(
+            Op::Update,
+            Arc::new(TableName::parse("items")),
+            key,
+            old,
+            Some(new),
+            changed.map(|c| c.iter().map(|n| Arc::from(*n)).collect()),
+            Position::default(),
+        )
+    }
+
+    fn published_only() -> TableMapping {
+        let mut m = mapping();
+        let doc = toml_edit::Document::parse(r#"filter = { state = "published" }"#.to_string()).unwrap();
+        m.filter = Some(Filter::parse(doc.as_table().get("filter").unwrap()).unwrap());
+        m
+    }
+
+    #[test]
+    fn projection_keeps_only_listed_columns() {
+        let mut m = mapping();
+        m.columns = Some(vec!["id".into(), "title".into()]);
+        let e = update(None, row(&[("id", Value::Int(1)), ("title", s("b")), ("secret", s("x"))]), None);
+        let routed = route(&e, &m).unwrap();
+        assert_eq!(routed.new.unwrap(), row(&[("id", Value::Int(1)), ("title", s("b"))]));
+    }
+
+    #[test]
+    fn an_update_of_only_excluded_columns_is_dropped() {
+        let mut m = mapping();
+        m.exclude_columns = vec!["views".into()];
+        let old = row(&[("id", Value::Int(1)), ("views", Value::Int(1))]);
+        let new = row(&[("id", Value::Int(1)), ("views", Value::Int(2))]);
+        assert!(route(&update(Some(old), new, Some(&["views"])), &m).is_none());
+    }
+
+    #[test]
+    fn ops_not_listed_are_dropped() {
+        let mut m = mapping();
+        m.ops = vec![Op::Create];
+        let e = update(None, row(&[("id", Value::Int(1))]), None);
+        assert!(route(&e, &m).is_none());
+    }
+
+    #[test]
+    fn a_filter_turns_move_in_into_create_and_move_out_into_delete() {
+        let m = published_only();
+        let draft = row(&[("id", Value::Int(1)), ("state", s("draft"))]);
+        let published = row(&[("id", Value::Int(1)), ("state", s("published"))]);
+
+        let move_in = route(&update(Some(draft.clone()), published.clone(), Some(&["state"])), &m).unwrap();
+        assert_eq!(move_in.op, Op::Create);
+
+        let move_out = route(&update(Some(published.clone()), draft.clone(), Some(&["state"])), &m).unwrap();
+        assert_eq!(move_out.op, Op::Delete);
+        assert!(move_out.new.is_none());
+
+        assert!(route(&update(Some(draft.clone()), draft.clone(), Some(&[])), &m).is_none());
+        // without the old row the sink must assume the row may have been in the set
+        assert_eq!(route(&update(None, draft, None), &m).unwrap().op, Op::Delete);
+        assert_eq!(route(&update(None, published, None), &m).unwrap().op, Op::Update);
+    }
+
+    #[test]
+    fn a_mapping_key_replaces_the_primary_key() {
+        let mut m = mapping();
+        m.key = Some(vec!["sku".into()]);
+        let e = update(None, row(&[("id", Value::Int(1)), ("sku", s("A-1"))]), None);
+        assert_eq!(route(&e, &m).unwrap().key.unwrap(), row(&[("sku", s("A-1"))]));
+    }
+}

@@ -1,0 +1,90 @@
+//! Sinks: where routed events go. Each sink is a task that owns its batching, retries and
+//! request building, reads [`SinkMsg`]s from a bounded channel (so a slow sink slows the
+//! reader) and raises its [`Ack`] to the end LSN of every transaction it has fully delivered.
+//!
+//! Contract every sink keeps:
+//! - Messages arrive in commit order: the events of one transaction, then its `Commit`.
+//!   Every sink receives every `Commit`, also for transactions that routed it no event.
+//! - `ack.delivered(end_lsn)` only once every event up to that `Commit` is delivered (or
+//!   durably handed off: dead letters, outbox). Never ahead.
+//! - When the channel closes (shutdown), deliver what is held, ack, and return Ok.
+//! - Errors that can heal (network, 5xx) are retried inside the sink, forever, holding the ack.
+
+pub mod stdout;
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, SinkConfig, TableMapping};
+use crate::event::{Event, Lsn};
+
+/// What a sink receives.
+#[derive(Debug, Clone)]
+pub enum SinkMsg {
+    /// An event projected for `mapping`. The same `Arc<Event>` goes to every sink of the mapping,
+    /// so its JSON is serialized once.
+    Event { event: Arc<Event>, mapping: Arc<TableMapping> },
+    /// The transaction with this commit LSN ended; `end_lsn` is what the sink acknowledges.
+    Commit { commit_lsn: Lsn, end_lsn: Lsn },
+}
+
+/// How many messages a sink's channel holds before the router waits.
+pub const CHANNEL_CAPACITY: usize = 4096;
+
+/// The running sink tasks.
+#[derive(Default)]
+pub struct Running {
+    tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
+}
+
+/// How long sinks get to deliver what they hold once their channels closed.
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Running {
+    /// Waits for every sink to deliver what it holds (their channels must be closed: see
+    /// `Router::close`). Returns the first sink error. A second call does nothing.
+    pub async fn drain(&mut self) -> Option<anyhow::Error> {
+        let mut failed = None;
+        for (name, task) in std::mem::take(&mut self.tasks) {
+            match tokio::time::timeout(DRAIN_TIMEOUT, task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => {
+                    tracing::error!(sink = %name, "sink failed: {e:#}");
+                    failed.get_or_insert(e);
+                }
+                Ok(Err(join)) => {
+                    tracing::error!(sink = %name, "sink task panicked: {join}");
+                    failed.get_or_insert(anyhow::anyhow!("sink {name} panicked"));
+                }
+                Err(_) => tracing::warn!(
+                    sink = %name,
+                    "sink did not finish within {}s; what it did not deliver is replayed on the next start",
+                    DRAIN_TIMEOUT.as_secs()
+                ),
+            }
+        }
+        failed
+    }
+}
+
+/// Starts every configured sink; returns the senders the router writes to (by sink name) and
+/// the running tasks.
+pub fn spawn_all(
+    config: &Config,
+    checkpoint: &mut crate::checkpoint::Checkpoint,
+) -> anyhow::Result<(Vec<(String, mpsc::Sender<SinkMsg>)>, Running)> {
+    let mut senders = Vec::new();
+    let mut tasks = Vec::new();
+    for (name, sink) in &config.sinks {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        let ack = checkpoint.register(name);
+        let task = match sink {
+            SinkConfig::Stdout(cfg) => tokio::spawn(stdout::run(cfg.clone(), rx, ack)),
+        };
+        senders.push((name.clone(), tx));
+        tasks.push((name.clone(), task));
+    }
+    Ok((senders, Running { tasks }))
+}

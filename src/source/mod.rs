@@ -1,0 +1,16 @@
+//! The source: a replication connection to a pgoutput slot, decoded into events.
+//!
+//! - `connection`: the URL, the catalog connection, the checks before streaming.
+//! - `pgoutput`: the wire format of pgoutput messages → borrowed message structs.
+//! - `relations`: the relation cache (OID → table, columns, key), kept current mid-stream.
+//! - `values`: Postgres text values → JSON values, by type.
+//! - `changes`: decoded row changes → events.
+//! - `stream`: the loop: reconnects, decodes, hands events to the router and reports the
+//!   checkpoint's position back to Postgres.
+
+pub mod changes;
+pub mod connection;
+pub mod pgoutput;
+pub mod relations;
+pub mod stream;
+pub mod values;

@@ -1,0 +1,312 @@
+//! The replication loop: connect, stream, decode, route, confirm; reconnect on failure.
+//!
+//! Positions: Begin announces the commit LSN (event ids and search versions use it); Commit
+//! brings the end LSN, which sinks acknowledge and cdc confirms. After a reconnect Postgres
+//! resends every transaction after the confirmed position, so nothing is lost and a replay
+//! carries the same event ids.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+use crate::checkpoint::Checkpoint;
+use crate::config::SourceConfig;
+use crate::event::{Lsn, Position, TruncateFlags};
+use crate::router::Router;
+use crate::sinks::Running;
+use crate::source::changes;
+use crate::source::connection::{self, Target};
+use crate::source::pgoutput::{self, Message};
+use crate::source::relations::RelationCache;
+
+/// How the loop ended; either way the sinks delivered what they held and the final position
+/// was confirmed.
+pub enum Stop {
+    /// Shutdown was requested.
+    Shutdown,
+    /// The stream reached the requested stop position (`cdc run --stop-at`).
+    Reached(Lsn),
+}
+
+struct Txn {
+    commit_lsn: Lsn,
+    xid: u32,
+    committed_at_us: i64,
+    seq: u32,
+}
+
+impl Txn {
+    fn next_position(&mut self, lsn: Lsn) -> Position {
+        let pos = Position { lsn, commit_lsn: self.commit_lsn, seq: self.seq, xid: self.xid, committed_at_us: self.committed_at_us };
+        self.seq += 1;
+        pos
+    }
+}
+
+/// Streams until shutdown, reconnecting with capped backoff after any connection failure.
+pub async fn run(
+    source: &SourceConfig,
+    router: &mut Router,
+    sinks: &mut Running,
+    checkpoint: &mut Checkpoint,
+    shutdown: &mut watch::Receiver<bool>,
+    stop_at: Option<Lsn>,
+) -> anyhow::Result<Stop> {
+    let target = Target::parse(&source.url)?;
+    let mut backoff = Backoff::new();
+    loop {
+        if *shutdown.borrow() {
+            return Ok(Stop::Shutdown);
+        }
+        match session(source, &target, router, sinks, checkpoint, shutdown, stop_at, &mut backoff).await {
+            Ok(stop) => return Ok(stop),
+            Err(SessionError::Fatal(e)) => return Err(e),
+            Err(SessionError::Retry(e)) => {
+                let wait = backoff.next();
+                tracing::error!("{}: {:#}; retrying in {}s", target.describe(), e, wait.as_secs());
+                tokio::select! {
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+enum SessionError {
+    /// Worth retrying: the server is unreachable, restarting, or the connection broke.
+    Retry(anyhow::Error),
+    /// Retrying cannot help (a sink stopped, the slot or publication is missing).
+    Fatal(anyhow::Error),
+}
+
+impl From<anyhow::Error> for SessionError {
+    fn from(e: anyhow::Error) -> Self {
+        SessionError::Retry(e)
+    }
+}
+
+async fn session(
+    source: &SourceConfig,
+    target: &Target,
+    router: &mut Router,
+    sinks: &mut Running,
+    checkpoint: &mut Checkpoint,
+    shutdown: &mut watch::Receiver<bool>,
+    stop_at: Option<Lsn>,
+    backoff: &mut Backoff,
+) -> Result<Stop, SessionError> {
+    let catalog = connection::catalog(&source.url).await?;
+    connection::preflight(&catalog, source).await.map_err(SessionError::Fatal)?;
+
+    let mut cfg = replication_config(source, target);
+    if let Some(stop_at) = stop_at {
+        cfg = cfg.with_stop_lsn(to_pg(stop_at));
+    }
+    let mut client = ReplicationClient::connect(cfg).await.context("starting replication")?;
+    client.wait_started().await.map_err(|e| classify(e.into()))?;
+    tracing::info!(slot = %source.slot, publication = %source.publication, "streaming from {}", target.describe());
+    backoff.reset();
+
+    let mut relations = RelationCache::default();
+    let mut txn: Option<Txn> = None;
+    let mut tick = tokio::time::interval(Duration::from_millis(200));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+
+    loop {
+        let ev = tokio::select! {
+            biased;
+            _ = shutdown.changed() => {
+                finish(&mut client, router, sinks, checkpoint, source.status_interval).await;
+                return Ok(Stop::Shutdown);
+            }
+            _ = tick.tick() => {
+                client.update_applied_lsn(to_pg(checkpoint.confirmable()));
+                continue;
+            }
+            ev = client.recv() => ev,
+        };
+        let ev = match ev {
+            Ok(Some(ev)) => ev,
+            Ok(None) => return Err(anyhow::anyhow!("the server ended the replication stream").into()),
+            Err(e) => return Err(classify(e.into())),
+        };
+        let routed = async {
+            match ev {
+                ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
+                    txn = Some(Txn {
+                        commit_lsn: Lsn(final_lsn.as_u64()),
+                        xid,
+                        committed_at_us: changes::pg_time_to_unix_us(commit_time_micros),
+                        seq: 0,
+                    });
+                }
+                ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                    txn = None;
+                    let end = Lsn(end_lsn.as_u64());
+                    router.commit(Lsn(lsn.as_u64()), end).await.map_err(|e| SessionError::Fatal(e.into()))?;
+                    checkpoint.dispatched(end);
+                }
+                ReplicationEvent::XLogData { wal_start, data, .. } => {
+                    let msg = pgoutput::decode(&data).map_err(|e| SessionError::Fatal(anyhow::anyhow!("decoding pgoutput at {}: {e}", Lsn(wal_start.as_u64()))))?;
+                    on_change(msg, Lsn(wal_start.as_u64()), &mut txn, &mut relations, &catalog, router).await?;
+                }
+                ReplicationEvent::KeepAlive { wal_end, .. } => {
+                    if txn.is_none() {
+                        checkpoint.keepalive(Lsn(wal_end.as_u64()));
+                    }
+                }
+                ReplicationEvent::Message { prefix, .. } => {
+                    tracing::debug!(prefix, "logical decoding message (not routed)");
+                }
+                ReplicationEvent::StoppedAt { reached } => return Ok(Some(Lsn(reached.as_u64()))),
+            }
+            Ok::<Option<Lsn>, SessionError>(None)
+        };
+        // A sink that cannot take more (its endpoint is down) must not keep cdc from stopping.
+        let stop = tokio::select! {
+            biased;
+            r = routed => r?.map(Stop::Reached),
+            _ = shutdown.changed() => Some(Stop::Shutdown),
+        };
+        if let Some(stop) = stop {
+            finish(&mut client, router, sinks, checkpoint, source.status_interval).await;
+            return Ok(stop);
+        }
+        // An atomic store; the client sends it on its status interval.
+        client.update_applied_lsn(to_pg(checkpoint.confirmable()));
+    }
+}
+
+async fn on_change(
+    msg: Message<'_>,
+    lsn: Lsn,
+    txn: &mut Option<Txn>,
+    relations: &mut RelationCache,
+    catalog: &Client,
+    router: &mut Router,
+) -> Result<(), SessionError> {
+    let fatal = |e: crate::router::SinkStopped| SessionError::Fatal(e.into());
+    match msg {
+        Message::Relation(rel) => {
+            relations.update(&rel, catalog).await?;
+        }
+        Message::Insert { relation, new } => {
+            let (rel, pos) = lookup(relations, relation, txn, lsn)?;
+            if router.wants(&rel.table) {
+                router.send(changes::insert(rel, &new, pos)).await.map_err(fatal)?;
+            }
+        }
+        Message::Update { relation, old, new } => {
+            let (rel, pos) = lookup(relations, relation, txn, lsn)?;
+            if router.wants(&rel.table) {
+                router.send(changes::update(rel, old.as_ref(), &new, pos)).await.map_err(fatal)?;
+            }
+        }
+        Message::Delete { relation, old } => {
+            let (rel, pos) = lookup(relations, relation, txn, lsn)?;
+            if router.wants(&rel.table) {
+                router.send(changes::delete(rel, &old, pos)).await.map_err(fatal)?;
+            }
+        }
+        Message::Truncate { cascade, restart_identity, relations: oids } => {
+            let flags = TruncateFlags { cascade, restart_identity };
+            for oid in oids {
+                let (rel, pos) = lookup(relations, oid, txn, lsn)?;
+                if router.wants(&rel.table) {
+                    router.send(changes::truncate(rel, flags, pos)).await.map_err(fatal)?;
+                }
+            }
+        }
+        // Begin and Commit come as their own replication events; types are resolved from the
+        // catalog when a relation needs them; origins and messages are not routed.
+        Message::Begin { .. } | Message::Commit { .. } | Message::Origin { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {}
+    }
+    Ok(())
+}
+
+/// The change's relation and position. Every change of the transaction takes a position, routed
+/// or not, so event ids do not depend on which tables the configuration maps.
+fn lookup<'a>(
+    relations: &'a RelationCache,
+    oid: u32,
+    txn: &mut Option<Txn>,
+    lsn: Lsn,
+) -> Result<(&'a crate::source::relations::Relation, Position), SessionError> {
+    let rel = relations
+        .get(oid)
+        .ok_or_else(|| SessionError::Retry(anyhow::anyhow!("change for relation {oid} before its Relation message")))?;
+    let txn = txn.as_mut().ok_or_else(|| SessionError::Retry(anyhow::anyhow!("change outside a transaction")))?;
+    Ok((rel, txn.next_position(lsn)))
+}
+
+/// Shutdown: the sinks deliver what they hold, then the final position is confirmed before the
+/// session closes. The replication client sends positions on its status interval, so wait
+/// (bounded) until it has sent this one.
+async fn finish(client: &mut ReplicationClient, router: &mut Router, sinks: &mut Running, checkpoint: &Checkpoint, status_interval: Duration) {
+    router.close();
+    if let Some(e) = sinks.drain().await {
+        tracing::error!("a sink failed while stopping: {e:#}");
+    }
+    let last = checkpoint.confirmable();
+    client.update_applied_lsn(to_pg(last));
+    let deadline = tokio::time::Instant::now() + status_interval + Duration::from_secs(2);
+    while client.metrics().last_applied_lsn().as_u64() < last.0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tracing::info!(confirmed = %last, "confirmed the final position");
+    client.stop();
+    let _ = tokio::time::timeout(Duration::from_secs(3), async { while let Ok(Some(_)) = client.recv().await {} }).await;
+}
+
+fn to_pg(lsn: Lsn) -> pgwire_replication::Lsn {
+    pgwire_replication::Lsn::from_u64(lsn.0)
+}
+
+/// Errors that no retry can fix end the run with their message.
+fn classify(e: anyhow::Error) -> SessionError {
+    let text = format!("{e:#}");
+    let fatal = ["does not exist", "password authentication failed", "permission denied", "must be superuser or replication role", "no pg_hba.conf entry"];
+    if fatal.iter().any(|f| text.contains(f)) {
+        SessionError::Fatal(e)
+    } else {
+        SessionError::Retry(e)
+    }
+}
+
+fn replication_config(source: &SourceConfig, target: &Target) -> ReplicationConfig {
+    ReplicationConfig::new(
+        target.host.clone(),
+        target.user.clone(),
+        target.password.clone(),
+        target.dbname.clone(),
+        source.slot.clone(),
+        source.publication.clone(),
+    )
+    .with_port(target.port)
+    .with_status_interval(source.status_interval)
+    .with_wakeup_interval(Duration::from_secs(1))
+    .with_application_name("cdc")
+    // Value conversion reads these formats; pin them so server defaults never matter.
+    .with_options(connection::SESSION_OPTIONS)
+}
+
+/// Capped exponential backoff: 1 s, 2 s, 4 s … 30 s.
+struct Backoff(u32);
+
+impl Backoff {
+    fn new() -> Self {
+        Backoff(0)
+    }
+    fn reset(&mut self) {
+        self.0 = 0;
+    }
+    fn next(&mut self) -> Duration {
+        let secs = (1u64 << self.0.min(5)).min(30);
+        self.0 += 1;
+        Duration::from_secs(secs)
+    }
+}

@@ -1,0 +1,112 @@
+//! The commands around `cdc run`: configuration errors, `cdc check` on a misconfigured
+//! database, `cdc setup` and `cdc teardown`, `--help`.
+
+mod support;
+
+use support::{new_database, stderr_of, stdout_of, write_config};
+
+fn config_for(url: &str, slot: &str, tables: &str) -> String {
+    format!("[source]\nurl = \"{url}\"\nslot = \"{slot}\"\npublication = \"{slot}\"\n\n[sinks.out]\ntype = \"stdout\"\n\n{tables}")
+}
+
+#[test]
+fn a_broken_config_names_file_line_and_key_for_every_problem() {
+    let dir = support::temp_dir();
+    let path = write_config(
+        dir.path(),
+        "[source]\nurl = \"postgres://cdc:${CDC_TEST_UNSET_PASSWORD}@127.0.0.1/app\"\nslott = \"cdc\"\n\n[sinks.out]\ntype = \"stdout\"\n\n[[tables]]\ntable = \"items\"\nsinks = [\"ot\"]\nops = [\"insert\"]\n",
+    );
+    let path = path.to_str().unwrap();
+    let out = support::cdc(&["--config", path, "check"]);
+    assert_eq!(out.status.code(), Some(2), "stdout: {}", stdout_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("cdc.toml:2: source.url:") && err.contains("CDC_TEST_UNSET_PASSWORD"), "{err}");
+    assert!(err.contains("cdc.toml:3: source.slott: unknown key; did you mean \"slot\"?"), "{err}");
+    assert!(err.contains("cdc.toml:10: tables[0].sinks[0]:") && err.contains("\"out\""), "{err}");
+    assert!(err.contains("cdc.toml:11: tables[0].ops[0]:") && err.contains("insert"), "{err}");
+}
+
+#[test]
+fn a_missing_config_file_says_which_file() {
+    let out = support::cdc(&["--config", "/nonexistent/cdc.toml", "run"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr_of(&out).contains("/nonexistent/cdc.toml"), "{}", stderr_of(&out));
+}
+
+#[test]
+fn every_command_has_help_with_an_example() {
+    for cmd in ["run", "check", "setup", "teardown"] {
+        let out = support::cdc(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd} --help");
+        let text = stdout_of(&out);
+        assert!(text.contains("Example"), "{cmd} --help has an example:\n{text}");
+        assert!(text.contains("--config"), "{cmd} --help names --config:\n{text}");
+    }
+    let top = stdout_of(&support::cdc(&["--help"]));
+    assert!(top.contains("Examples:") && top.contains("cdc setup"), "{top}");
+}
+
+#[tokio::test]
+async fn check_reports_each_problem_of_a_misconfigured_database_with_its_fix() {
+    let db = new_database("check").await;
+    db.exec(
+        "CREATE TABLE nokey (a int, b text);
+         CREATE TABLE items (id int PRIMARY KEY, title text);
+         CREATE ROLE plain_reader LOGIN;
+         GRANT ALL ON ALL TABLES IN SCHEMA public TO plain_reader;",
+    )
+    .await;
+    let dir = support::temp_dir();
+    let url = db.url.replacen("postgres@", "plain_reader@", 1);
+    let path = write_config(
+        dir.path(),
+        &config_for(
+            &url,
+            &db.name,
+            "[[tables]]\ntable = \"nokey\"\nsinks = [\"out\"]\n\n[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\ncolumns = [\"id\", \"titel\"]\n\n[[tables]]\ntable = \"missing\"\nsinks = [\"out\"]\n",
+        ),
+    );
+    let out = support::cdc(&["--config", path.to_str().unwrap(), "check"]);
+    let text = stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    let problems: Vec<&str> = text.lines().filter(|l| l.starts_with("problem: ")).collect();
+    let has = |needle: &str| problems.iter().any(|l| l.contains(needle));
+    assert!(has("role plain_reader lacks the REPLICATION attribute: ALTER ROLE plain_reader WITH REPLICATION"), "{text}");
+    assert!(has(&format!("publication {} does not exist: run `cdc setup`", db.name)), "{text}");
+    assert!(has("public.nokey has no primary key") && has("cdc setup --replica-identity-full public.nokey"), "{text}");
+    assert!(has("public.items has no column \"titel\""), "{text}");
+    assert!(has("table public.missing does not exist"), "{text}");
+    assert!(text.contains("ok: wal_level = logical"), "{text}");
+    assert_eq!(problems.len(), 5, "exactly the five problems:\n{text}");
+}
+
+#[tokio::test]
+async fn setup_makes_check_pass_is_idempotent_and_teardown_reports_the_retained_wal() {
+    let db = new_database("setup").await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, title text); CREATE TABLE parts (id int, title text) PARTITION BY RANGE (id); CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (100);").await;
+    let dir = support::temp_dir();
+    let path = write_config(
+        dir.path(),
+        &config_for(&db.url, &db.name, "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\n\n[[tables]]\ntable = \"parts\"\nsinks = [\"out\"]\nkey = [\"id\"]\n"),
+    );
+    let path = path.to_str().unwrap();
+
+    let first = support::cdc(&["--config", path, "setup", "--replica-identity-full", "parts"]);
+    assert!(first.status.success(), "{}", stderr_of(&first));
+    assert!(stdout_of(&first).contains("created publication"), "{}", stdout_of(&first));
+    let again = support::cdc(&["--config", path, "setup"]);
+    assert!(again.status.success() && stdout_of(&again).contains(&format!("replication slot {} exists", db.name)), "{}", stdout_of(&again));
+    assert_eq!(db.query_one_i64("SELECT count(*) FROM pg_publication WHERE pubviaroot").await, 1);
+    assert_eq!(db.query_one_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'cdc'").await, 1, "cdc's state schema exists");
+
+    let check = support::cdc(&["--config", path, "check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", stdout_of(&check));
+    assert!(stdout_of(&check).contains("all checks passed"));
+
+    db.exec("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 1000) g").await;
+    let down = support::cdc(&["--config", path, "teardown", "--drop-publication"]);
+    assert!(down.status.success(), "{}", stderr_of(&down));
+    let said = stdout_of(&down);
+    assert!(said.contains(&format!("dropped replication slot {}", db.name)) && said.contains("of WAL"), "{said}");
+    assert_eq!(db.query_one_i64(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'", db.name)).await, 0);
+}
