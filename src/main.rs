@@ -1,5 +1,6 @@
 //! The `cdc` command line: parses arguments, loads the configuration, calls one command.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -71,10 +72,24 @@ enum Command {
     },
 }
 
+// Every event is many small, short-lived allocations (rows, values, JSON buffers), which
+// glibc's malloc showed as a seventh of cdc's CPU time in profiles; mimalloc is cheaper there.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// One thread runs the source, the router and the sinks: the walsender takes a core of its own,
+/// and with every stage on one thread an event moves between them without waking another
+/// thread (measured: a third less CPU per event than tokio's multi-threaded runtime, and
+/// one-row transactions streamed 1.4× faster). Blocking work (stdout) has its own threads.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("starting the async runtime")
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cdc=info,warn")),
         )
@@ -87,7 +102,7 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the async runtime");
+    let runtime = runtime();
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { stop_at } => commands::run::run(config, stop_at).await.map(|_| 0),

@@ -61,9 +61,16 @@ impl Router {
 
     pub async fn send(&self, event: Event) -> Result<(), SinkStopped> {
         let Some(routes) = self.routes.get(&*event.table) else { return Ok(()) };
+        let event = Arc::new(event);
         for r in routes {
-            let Some(routed) = route(&event, &r.mapping) else { continue };
-            let routed = Arc::new(routed);
+            let routed = if passes_unchanged(&r.mapping, &event) {
+                event.clone()
+            } else {
+                match route(&event, &r.mapping) {
+                    Some(routed) => Arc::new(routed),
+                    None => continue,
+                }
+            };
             for (tx, name) in r.sinks.iter().zip(&r.mapping.sinks) {
                 tx.send(SinkMsg::Event { event: routed.clone(), mapping: r.mapping.clone() })
                     .await
@@ -79,6 +86,18 @@ impl Router {
         }
         Ok(())
     }
+}
+
+/// Whether `route` would return the event as it is (the mapping has no filter, projection or key
+/// of its own, and the event changed something): the common case, which then shares the
+/// source's event instead of copying its rows.
+fn passes_unchanged(mapping: &TableMapping, event: &Event) -> bool {
+    mapping.filter.is_none()
+        && mapping.columns.is_none()
+        && mapping.exclude_columns.is_empty()
+        && mapping.key.is_none()
+        && mapping.ops.contains(&event.op)
+        && !(event.op == Op::Update && event.changed.as_ref().is_some_and(|c| c.is_empty()))
 }
 
 /// Applies one mapping to one event: filter (with move-in/move-out), ops, projection.
@@ -180,6 +199,14 @@ mod tests {
         let old = row(&[("id", Value::Int(1)), ("views", Value::Int(1))]);
         let new = row(&[("id", Value::Int(1)), ("views", Value::Int(2))]);
         assert!(route(&update(Some(old), new, Some(&["views"])), &m).is_none());
+    }
+
+    #[test]
+    fn an_update_that_changed_nothing_is_dropped_with_or_without_a_projection() {
+        let same = row(&[("id", Value::Int(1)), ("title", s("a"))]);
+        let e = update(Some(same.clone()), same, Some(&[]));
+        assert!(!passes_unchanged(&mapping(), &e));
+        assert!(route(&e, &mapping()).is_none());
     }
 
     #[test]

@@ -6,45 +6,21 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{json, Value};
-use support::{new_database, write_config, CdcProcess, TestDb};
+use support::{CdcProcess, TestDb};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// A database with `ddl` applied, a config mapping `tables` to stdout, `cdc setup` done and
-/// `cdc run` started.
+/// A database with `ddl` applied, `tables` sent to stdout, and `cdc run` started.
 struct Running {
     db: TestDb,
     cdc: CdcProcess,
-    _dir: tempfile::TempDir,
+    _dir: support::TempDir,
 }
 
 async fn start(prefix: &str, ddl: &str, tables: &str) -> Running {
-    let db = new_database(prefix).await;
-    db.exec(ddl).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            r#"
-[source]
-url = "{url}"
-slot = "{slot}"
-publication = "{slot}"
-
-[sinks.out]
-type = "stdout"
-
-{tables}
-"#,
-            url = db.url,
-            slot = db.name,
-        ),
-    );
-    let config = config.to_str().unwrap().to_string();
-    let setup = support::cdc(&["--config", &config, "setup"]);
-    assert!(setup.status.success(), "cdc setup failed: {}", String::from_utf8_lossy(&setup.stderr));
-    let cdc = CdcProcess::start(&["--config", &config, "run"], &[]);
-    Running { db, cdc, _dir: dir }
+    let setup = support::stdout_setup(prefix, ddl, tables).await;
+    let cdc = setup.run();
+    Running { db: setup.db, cdc, _dir: setup.dir }
 }
 
 fn ops(events: &[Value]) -> Vec<&str> {
@@ -299,4 +275,22 @@ ops = ["create", "delete"]
     assert_eq!(ops(&events), ["create", "delete"]);
     assert_eq!(events[0]["new"], json!({"id": 1, "sku": "A-1", "title": "t"}));
     assert_eq!(events[0]["key"], json!({"sku": "A-1"}));
+}
+
+#[tokio::test]
+async fn a_partitioned_table_is_mapped_by_its_parent() {
+    let mut r = start(
+        "partitions",
+        "CREATE TABLE measures (id int, at date, v int, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE measures_2025 PARTITION OF measures FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+         CREATE TABLE measures_2026 PARTITION OF measures FOR VALUES FROM ('2026-01-01') TO ('2027-01-01');",
+        "[[tables]]\ntable = \"measures\"\nsinks = [\"out\"]\n",
+    )
+    .await;
+    r.db.exec("INSERT INTO measures VALUES (1, '2025-06-01', 10), (2, '2026-06-01', 20)").await;
+    let events = r.cdc.next_events(2, WAIT);
+    for e in &events {
+        assert_eq!(e["table"], "measures", "partition changes carry the parent's name: {e}");
+    }
+    assert_eq!(events[1]["key"], json!({"id": 2, "at": "2026-06-01"}));
 }

@@ -6,28 +6,16 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use support::{new_database, write_config, CdcProcess};
-
 #[tokio::test]
 async fn a_postgres_restart_mid_stream_loses_nothing() {
-    let db = new_database("pgrestart").await;
-    db.exec("CREATE TABLE items (id int PRIMARY KEY)").await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\n\n[sinks.out]\ntype = \"stdout\"\n\n[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\n",
-            db.url, db.name, db.name
-        ),
-    );
-    let config = config.to_str().unwrap().to_string();
-    assert!(support::cdc(&["--config", &config, "setup"]).status.success());
-    let mut cdc = CdcProcess::start(&["--config", &config, "run"], &[]);
+    let setup = support::stdout_setup("pgrestart", "CREATE TABLE items (id int PRIMARY KEY)", "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]").await;
+    let mut cdc = setup.run();
+    let db = &setup.db;
     db.exec("INSERT INTO items SELECT generate_series(1, 500)").await;
     let mut ids: BTreeSet<i64> = cdc.next_events(500, Duration::from_secs(30)).iter().map(|e| e["new"]["id"].as_i64().unwrap()).collect();
 
     support::restart_postgres();
-    let db = support::reconnect(&db).await;
+    let db = support::reconnect(db).await;
     db.exec("INSERT INTO items SELECT generate_series(501, 1000)").await;
 
     let deadline = Instant::now() + Duration::from_secs(60);

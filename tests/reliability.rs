@@ -7,33 +7,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{new_database, write_config, CdcProcess, TestDb};
+use support::{write_config, CdcProcess, StdoutSetup};
 
-struct Setup {
-    db: TestDb,
-    config: String,
-    _dir: tempfile::TempDir,
+async fn setup(prefix: &str, ddl: &str, table: &str) -> StdoutSetup {
+    support::stdout_setup(prefix, ddl, &format!("[[tables]]\ntable = \"{table}\"\nsinks = [\"out\"]")).await
 }
 
-async fn setup(prefix: &str, ddl: &str, table: &str) -> Setup {
-    let db = new_database(prefix).await;
-    db.exec(ddl).await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(
-        dir.path(),
-        &format!(
-            "[source]\nurl = \"{}\"\nslot = \"{}\"\npublication = \"{}\"\n\n[sinks.out]\ntype = \"stdout\"\n\n[[tables]]\ntable = \"{table}\"\nsinks = [\"out\"]\n",
-            db.url, db.name, db.name
-        ),
-    );
-    let config = config.to_str().unwrap().to_string();
-    let out = support::cdc(&["--config", &config, "setup"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    Setup { db, config, _dir: dir }
-}
-
-fn run(s: &Setup) -> CdcProcess {
-    CdcProcess::start(&["--config", &s.config, "run"], &[])
+fn run(s: &StdoutSetup) -> CdcProcess {
+    s.run()
 }
 
 fn lsn(text: &str) -> u64 {
@@ -159,4 +140,19 @@ async fn an_unreachable_server_is_named_once_per_retry_and_cdc_keeps_trying() {
     assert!(stderr.lines().filter(|l| l.contains("retrying in")).count() >= 2, "it retried:\n{stderr}");
     let status = cdc.sigterm();
     assert!(status.success(), "{status:?}");
+}
+
+#[tokio::test]
+async fn stop_at_delivers_everything_before_the_position_then_exits_0() {
+    let s = setup("stopat", "CREATE TABLE items (id int PRIMARY KEY, body text);", "items").await;
+    // one large transaction: the stop is at its end, never in its middle
+    s.db.exec("INSERT INTO items SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g").await;
+    // the insert position: the test cluster commits asynchronously, so the write position
+    // (pg_current_wal_lsn) can still be before the commit record
+    let end = s.db.query_opt_text("SELECT pg_current_wal_insert_lsn()::text").await.unwrap();
+    let out = support::cdc(&["--config", &s.config, "run", "--stop-at", &end]);
+    assert!(out.status.success(), "{}", support::stderr_of(&out));
+    assert_eq!(support::stdout_of(&out).lines().count(), 20000);
+    let confirmed = s.db.confirmed_flush_lsn(&s.db.name).await.unwrap();
+    assert!(confirmed >= support::parse_lsn(&end), "the final position is confirmed");
 }

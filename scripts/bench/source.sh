@@ -36,6 +36,7 @@ cat > "$work/cdc.toml" <<TOML
 url = "$url"
 slot = "bench_cdc"
 publication = "bench"
+status_interval = "100ms"   # the run ends by confirming its final position: do not wait 1 s for it
 
 [sinks.out]
 type = "stdout"
@@ -52,7 +53,7 @@ run_shape() {
   psql_ -c "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput');" >/dev/null
   bash -c "$load"
   local end
-  end=$(psql_ -At -c "SELECT pg_current_wal_lsn()")
+  end=$(psql_ -At -c "SELECT pg_current_wal_insert_lsn()")  # not the write position: commits may be asynchronous
   psql_ -c "SELECT pg_copy_logical_replication_slot('bench_recv', 'bench_cdc');" >/dev/null
 
   local t0 t1 recv_s cdc_s

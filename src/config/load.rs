@@ -318,6 +318,8 @@ impl Loader<'_> {
         let source = self.source(root.get("source"));
         let (sink_names, sinks) = self.sinks(root.get("sinks"), dir);
         let tables = self.tables(root.get("tables"), &sink_names, dir);
+        // Only once the tables are valid: a misspelt sink name in a table is already reported
+        // with a did-you-mean, and calling the sink it meant "unused" would only mislead.
         if let Some(tables) = &tables {
             for name in &sink_names {
                 if !tables.iter().any(|t| t.sinks.contains(name)) {
@@ -408,14 +410,13 @@ impl Loader<'_> {
     }
 
     fn sink(&mut self, item: &Item, path: &str, dir: &Path) -> Option<SinkConfig> {
-        let known = || SINK_KINDS.iter().map(|(kind, _)| *kind).collect::<Vec<_>>().join(", ");
         let mut table = match item {
             Item::Table(table) => table.clone(),
             Item::Value(TomlValue::InlineTable(table)) => table.clone().into_table(),
             _ => {
                 self.problem(
                     path,
-                    format!("expected a table with type = \"...\" (one of: {}), got {}", known(), describe(item)),
+                    format!("expected a table with type = \"...\" (one of: {}), got {}", known_kinds(), describe(item)),
                 );
                 return None;
             }
@@ -423,7 +424,7 @@ impl Loader<'_> {
         let type_path = join(path, "type");
         let kind = match table.remove("type") {
             None => {
-                self.problem(type_path, format!("missing; set it to the sink kind, one of: {}", known()));
+                self.problem(type_path, format!("missing; set it to the sink kind, one of: {}", known_kinds()));
                 return None;
             }
             Some(kind) => match kind.as_str() {
@@ -431,7 +432,11 @@ impl Loader<'_> {
                 None => {
                     self.problem(
                         type_path,
-                        format!("expected the sink kind as a string (one of: {}), got {}", known(), describe(&kind)),
+                        format!(
+                            "expected the sink kind as a string (one of: {}), got {}",
+                            known_kinds(),
+                            describe(&kind)
+                        ),
                     );
                     return None;
                 }
@@ -443,7 +448,7 @@ impl Loader<'_> {
                 Some(close) => format!("did you mean {close:?}? "),
                 None => String::new(),
             };
-            self.problem(type_path, format!("unknown sink type {kind:?}; {hint}known types: {}", known()));
+            self.problem(type_path, format!("unknown sink type {kind:?}; {hint}known types: {}", known_kinds()));
             return None;
         };
         parse(&mut SinkTable { loader: self, path, table, dir })
@@ -783,6 +788,11 @@ impl SinkTable<'_, '_> {
         }
         valid.then_some(settings)
     }
+}
+
+/// The `type` values, for messages.
+fn known_kinds() -> String {
+    SINK_KINDS.iter().map(|(kind, _)| *kind).collect::<Vec<_>>().join(", ")
 }
 
 /// Where each key path sits in the file. Built before interpolation, which replaces string values
@@ -1326,22 +1336,27 @@ settings = "search/items.json"
 
     #[test]
     fn an_unknown_sink_type_lists_the_known_types() {
+        let known = known_kinds();
+        assert!(known.split(", ").any(|kind| kind == "stdout"), "{known}");
         let text = MINIMAL.replace("type = \"stdout\"", "type = \"stdot\"");
-        assert_eq!(errors(&text), "/etc/cdc/cdc.toml:5: sinks.out.type: unknown sink type \"stdot\"; did you mean \"stdout\"? known types: stdout");
+        assert_eq!(
+            errors(&text),
+            format!("/etc/cdc/cdc.toml:5: sinks.out.type: unknown sink type \"stdot\"; did you mean \"stdout\"? known types: {known}")
+        );
         let text = MINIMAL.replace("type = \"stdout\"", "type = \"kafka\"");
         assert_eq!(
             errors(&text),
-            "/etc/cdc/cdc.toml:5: sinks.out.type: unknown sink type \"kafka\"; known types: stdout"
+            format!("/etc/cdc/cdc.toml:5: sinks.out.type: unknown sink type \"kafka\"; known types: {known}")
         );
         let text = MINIMAL.replace("type = \"stdout\"", "type = 1");
         assert_eq!(
             errors(&text),
-            "/etc/cdc/cdc.toml:5: sinks.out.type: expected the sink kind as a string (one of: stdout), got an integer"
+            format!("/etc/cdc/cdc.toml:5: sinks.out.type: expected the sink kind as a string (one of: {known}), got an integer")
         );
         let text = MINIMAL.replace("type = \"stdout\"", "");
         assert_eq!(
             errors(&text),
-            "/etc/cdc/cdc.toml:4: sinks.out.type: missing; set it to the sink kind, one of: stdout"
+            format!("/etc/cdc/cdc.toml:4: sinks.out.type: missing; set it to the sink kind, one of: {known}")
         );
     }
 
@@ -1350,7 +1365,10 @@ settings = "search/items.json"
         let text = MINIMAL.replace("[sinks.out]\ntype = \"stdout\"", "[sinks]\nout = \"stdout\"");
         assert_eq!(
             errors(&text),
-            "/etc/cdc/cdc.toml:5: sinks.out: expected a table with type = \"...\" (one of: stdout), got a string"
+            format!(
+                "/etc/cdc/cdc.toml:5: sinks.out: expected a table with type = \"...\" (one of: {}), got a string",
+                known_kinds()
+            )
         );
         let text = MINIMAL.replace("[sinks.out]\ntype = \"stdout\"", "[sinks]");
         assert_eq!(

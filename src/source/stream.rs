@@ -102,10 +102,10 @@ async fn session(
     let catalog = connection::catalog(&source.url).await?;
     connection::preflight(&catalog, source).await.map_err(SessionError::Fatal)?;
 
-    let mut cfg = replication_config(source, target);
-    if let Some(stop_at) = stop_at {
-        cfg = cfg.with_stop_lsn(to_pg(stop_at));
-    }
+    // The replication client's own stop position compares it with the server's WAL end on
+    // every message, which passes it in the middle of a large transaction; cdc stops at
+    // transaction boundaries instead (see `reached`).
+    let cfg = replication_config(source, target);
     let mut client = ReplicationClient::connect(cfg).await.context("starting replication")?;
     client.wait_started().await.map_err(|e| classify(e.into()))?;
     tracing::info!(slot = %source.slot, publication = %source.publication, "streaming from {}", target.describe());
@@ -149,6 +149,7 @@ async fn session(
                     let end = Lsn(end_lsn.as_u64());
                     router.commit(Lsn(lsn.as_u64()), end).await.map_err(|e| SessionError::Fatal(e.into()))?;
                     checkpoint.dispatched(end);
+                    return Ok(reached(stop_at, end));
                 }
                 ReplicationEvent::XLogData { wal_start, data, .. } => {
                     let msg = pgoutput::decode(&data).map_err(|e| SessionError::Fatal(anyhow::anyhow!("decoding pgoutput at {}: {e}", Lsn(wal_start.as_u64()))))?;
@@ -157,12 +158,13 @@ async fn session(
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
                     if txn.is_none() {
                         checkpoint.keepalive(Lsn(wal_end.as_u64()));
+                        return Ok(reached(stop_at, Lsn(wal_end.as_u64())));
                     }
                 }
                 ReplicationEvent::Message { prefix, .. } => {
                     tracing::debug!(prefix, "logical decoding message (not routed)");
                 }
-                ReplicationEvent::StoppedAt { reached } => return Ok(Some(Lsn(reached.as_u64()))),
+                ReplicationEvent::StoppedAt { .. } => {}
             }
             Ok::<Option<Lsn>, SessionError>(None)
         };
@@ -260,6 +262,11 @@ async fn finish(client: &mut ReplicationClient, router: &mut Router, sinks: &mut
     tracing::info!(confirmed = %last, "confirmed the final position");
     client.stop();
     let _ = tokio::time::timeout(Duration::from_secs(3), async { while let Ok(Some(_)) = client.recv().await {} }).await;
+}
+
+/// `--stop-at`: whether the stream, between transactions at `position`, has reached it.
+fn reached(stop_at: Option<Lsn>, position: Lsn) -> Option<Lsn> {
+    stop_at.filter(|stop| position >= *stop).map(|_| position)
 }
 
 fn to_pg(lsn: Lsn) -> pgwire_replication::Lsn {

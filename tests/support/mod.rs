@@ -976,3 +976,39 @@ fn show_events(events: &[Value]) -> String {
         .collect::<Vec<_>>()
         .join("\n")
 }
+
+// ------------------------------------------------------------------------------------------------
+// A database streamed to a stdout sink
+// ------------------------------------------------------------------------------------------------
+
+/// A fresh database with `ddl` applied, a config sending `tables` (`[[tables]]` entries) to a
+/// stdout sink named `out`, and `cdc setup` done. Slot and publication are named after the
+/// database, so tests never share them.
+pub struct StdoutSetup {
+    pub db: TestDb,
+    /// The config file's path.
+    pub config: String,
+    pub dir: TempDir,
+}
+
+pub async fn stdout_setup(prefix: &str, ddl: &str, tables: &str) -> StdoutSetup {
+    let db = new_database(prefix).await;
+    db.exec(ddl).await;
+    let dir = temp_dir();
+    let toml = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{slot}\"\npublication = \"{slot}\"\n\n[sinks.out]\ntype = \"stdout\"\n\n{tables}\n",
+        url = db.url,
+        slot = db.name,
+    );
+    let config = write_config(dir.path(), &toml).to_str().unwrap().to_string();
+    let setup = cdc(&["--config", &config, "setup"]);
+    assert!(setup.status.success(), "cdc setup failed: {}", stderr_of(&setup));
+    StdoutSetup { db, config, dir }
+}
+
+impl StdoutSetup {
+    /// Starts `cdc run` on this setup's config.
+    pub fn run(&self) -> CdcProcess {
+        CdcProcess::start(&["--config", &self.config, "run"], &[])
+    }
+}
