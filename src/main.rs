@@ -70,6 +70,17 @@ enum Command {
         #[arg(long)]
         drop_publication: bool,
     },
+    /// Webhook sinks: send a test event, show delivery attempts.
+    Webhook {
+        #[command(subcommand)]
+        command: commands::webhook::WebhookCommand,
+    },
+    /// Documents and batches a sink's receiver refused for themselves: list, replay, purge.
+    #[command(name = "dead-letters")]
+    DeadLetters {
+        #[command(subcommand)]
+        action: commands::dead_letters::DeadLettersAction,
+    },
 }
 
 // Every event is many small, short-lived allocations (rows, values, JSON buffers), which
@@ -109,6 +120,8 @@ fn main() -> ExitCode {
             Command::Check => commands::check::run(&config).await,
             Command::Setup { replica_identity_full } => commands::setup::run(&config, &replica_identity_full).await.map(|_| 0),
             Command::Teardown { drop_publication } => commands::teardown::run(&config, drop_publication).await.map(|_| 0),
+            Command::Webhook { command } => commands::webhook::run(&config, command).await,
+            Command::DeadLetters { action } => commands::dead_letters::run(&config, action).await.map(|_| 0),
         }
     });
     match result {

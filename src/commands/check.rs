@@ -29,7 +29,8 @@ impl Report {
 /// Runs every check and prints the report; returns the exit code.
 pub async fn run(config: &Config) -> anyhow::Result<i32> {
     println!("ok: {} is valid ({} sinks, {} table mappings)", config.path.display(), config.sinks.len(), config.tables.len());
-    let report = check_postgres(config).await;
+    let mut report = check_postgres(config).await;
+    check_search_nodes(config, &mut report).await;
     for line in &report.oks {
         println!("ok: {line}");
     }
@@ -45,6 +46,22 @@ pub async fn run(config: &Config) -> anyhow::Result<i32> {
     } else {
         println!("{} problem(s) found", report.problems.len());
         Ok(1)
+    }
+}
+
+/// Each search sink's node: reachable, version, credentials, aliases (see `sinks::search::health`).
+async fn check_search_nodes(config: &Config, r: &mut Report) {
+    use crate::sinks::search::health::{self, Finding};
+    for (name, sink) in &config.sinks {
+        let crate::config::SinkConfig::Elasticsearch(search) = sink else { continue };
+        let mappings: Vec<&crate::config::TableMapping> = config.tables.iter().filter(|m| m.sinks.contains(name)).collect();
+        for finding in health::check(name, search, &mappings).await {
+            match finding {
+                Finding::Ok(s) => r.ok(s),
+                Finding::Warning(s) => r.warn(s),
+                Finding::Problem(s) => r.problem(s),
+            }
+        }
     }
 }
 

@@ -1,6 +1,8 @@
 //! One module per CLI command. `main.rs` parses arguments and calls exactly one of these.
 
 pub mod check;
+pub mod dead_letters;
 pub mod run;
 pub mod setup;
 pub mod teardown;
+pub mod webhook;

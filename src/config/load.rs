@@ -55,6 +55,8 @@ use crate::event::{Op, TableName};
 /// [`SinkConfig`]. Adding a kind is a `SinkConfig` variant plus one line here.
 const SINK_KINDS: &[(&str, ParseSink)] = &[
     ("stdout", |sink| sink.settings().map(SinkConfig::Stdout)),
+    ("webhook", |sink| sink.settings().map(SinkConfig::Webhook)),
+    ("elasticsearch", |sink| sink.settings().map(SinkConfig::Elasticsearch)),
 ];
 
 type ParseSink = fn(&mut SinkTable<'_, '_>) -> Option<SinkConfig>;

@@ -45,12 +45,16 @@ pub struct SourceConfig {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SinkConfig {
     Stdout(StdoutConfig),
+    Webhook(crate::sinks::webhook::WebhookConfig),
+    Elasticsearch(crate::sinks::search::SearchConfig),
 }
 
 impl SinkConfig {
     pub fn type_name(&self) -> &'static str {
         match self {
             SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Webhook(_) => "webhook",
+            SinkConfig::Elasticsearch(_) => "elasticsearch",
         }
     }
 }

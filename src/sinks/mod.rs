@@ -10,7 +10,9 @@
 //! - When the channel closes (shutdown), deliver what is held, ack, and return Ok.
 //! - Errors that can heal (network, 5xx) are retried inside the sink, forever, holding the ack.
 
+pub mod search;
 pub mod stdout;
+pub mod webhook;
 
 use std::sync::Arc;
 
@@ -82,6 +84,8 @@ pub fn spawn_all(
         let ack = checkpoint.register(name);
         let task = match sink {
             SinkConfig::Stdout(cfg) => tokio::spawn(stdout::run(cfg.clone(), rx, ack)),
+            SinkConfig::Webhook(cfg) => tokio::spawn(webhook::run(name.clone(), cfg.clone(), config.source.url.clone(), rx, ack)),
+            SinkConfig::Elasticsearch(cfg) => tokio::spawn(search::run(name.clone(), cfg.clone(), config.source.url.clone(), rx, ack)),
         };
         senders.push((name.clone(), tx));
         tasks.push((name.clone(), task));

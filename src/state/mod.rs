@@ -4,6 +4,10 @@
 //! Each submodule owns its tables and exposes its DDL; `ensure_schema` creates whatever is
 //! missing, idempotently, on a regular (non-replication) connection.
 
+pub mod attempts;
+pub mod dead_letters;
+pub mod outbox;
+
 use tokio_postgres::Client;
 
 /// The schema cdc keeps its state in.
@@ -20,5 +24,5 @@ pub async fn ensure_schema(client: &Client) -> Result<(), tokio_postgres::Error>
 
 /// Every submodule's DDL (CREATE ... IF NOT EXISTS statements), in dependency order.
 fn all_ddl() -> Vec<&'static str> {
-    vec![]
+    vec![dead_letters::DDL, outbox::DDL, attempts::DDL]
 }

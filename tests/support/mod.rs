@@ -27,6 +27,8 @@
 //! restart tests in a test file of their own, and hold [`serial`] in each of them.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -861,18 +863,7 @@ impl CdcProcess {
     /// Send SIGTERM and wait up to 15 s for the exit; panics (after SIGKILL) if still running.
     pub fn sigterm(&mut self) -> ExitStatus {
         self.signal(libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if let Some(st) = self.try_status() {
-                return st;
-            }
-            if Instant::now() >= deadline {
-                let report = self.report();
-                self.kill9();
-                panic!("cdc did not exit within 15 s of SIGTERM; killed it.\n{report}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.wait_exit(Duration::from_secs(15))
     }
 
     /// Send a signal (e.g. `libc::SIGINT`) if the process is still running.

@@ -1,0 +1,119 @@
+#!/usr/bin/env bash
+# Benchmark of the webhook sink against a fast local receiver (examples/webhook_bench_receiver.rs,
+# which answers 200 at once). Prints numbers; it is not a test.
+#
+#   scripts/bench/webhook.sh              # N=200000 events per throughput run
+#   N=500000 scripts/bench/webhook.sh
+#
+# 1. Throughput: N rows inserted in one transaction while cdc is stopped, then `cdc run` drains
+#    the slot to the receiver, with batches of 25 and of 500. Events/s is measured at the
+#    receiver (first to last request); CPU seconds are cdc's user+system time for the run
+#    (decoding, routing, serializing, HTTP), per 100k events.
+# 2. Latency: a steady 1,000 one-row transactions/s for 10 s (pgbench --rate) with
+#    batch_max_wait = "0"; p50/p99 of receipt time minus the event's commit time.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$(pwd)
+N=${N:-200000}
+PORT=${PORT:-9099}
+
+echo "== building cdc and the receiver (release)"
+cargo build --release --quiet --bin cdc --example webhook_bench_receiver
+cdc="$root/target/release/cdc"
+receiver="$root/target/release/examples/webhook_bench_receiver"
+
+work=$(mktemp -d /tmp/cdc-bench.XXXXXX)
+chmod 755 "$work"
+cleanup() {
+  [[ -n "${cdc_pid:-}" ]] && kill "$cdc_pid" 2>/dev/null || true
+  [[ -n "${recv_pid:-}" ]] && kill "$recv_pid" 2>/dev/null || true
+  bash "$root/scripts/postgres.sh" stop "$work/pg" >/dev/null 2>&1 || true
+  rm -rf "$work"
+}
+trap cleanup EXIT
+eval "$(bash "$root/scripts/postgres.sh" start "$work/pg")"
+bin="$CDC_TEST_PG_BIN"
+admin="postgres://postgres@127.0.0.1:$CDC_TEST_PG_PORT/postgres"
+url="postgres://postgres@127.0.0.1:$CDC_TEST_PG_PORT/bench"
+"$bin/psql" -X -q "$admin" -c "CREATE DATABASE bench"
+psql_() { "$bin/psql" -X -q -v ON_ERROR_STOP=1 "$url" "$@"; }
+psql_ -c "CREATE TABLE items (id int PRIMARY KEY, title text, price numeric(10,2), updated_at timestamptz DEFAULT now())"
+
+config() {  # config BATCH_MAX_EVENTS BATCH_MAX_WAIT
+  cat > "$work/cdc.toml" <<TOML
+[source]
+url = "$url"
+slot = "bench"
+publication = "bench"
+
+[sinks.hook]
+type = "webhook"
+url = "http://127.0.0.1:$PORT/hook"
+secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+batch_max_events = $1
+batch_max_wait = "$2"
+
+[[tables]]
+table = "public.items"
+sinks = ["hook"]
+TOML
+  "$cdc" --config "$work/cdc.toml" setup >/dev/null
+}
+
+cpu_seconds() {  # utime + stime of a live process, in seconds
+  awk -v tck="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / tck }' "/proc/$1/stat"
+}
+
+start_receiver() {
+  "$receiver" --port "$PORT" --idle 3 --give-up 120 > "$work/receiver.json" &
+  recv_pid=$!
+  sleep 0.3
+}
+
+finish() {  # waits for the receiver's figures, stops cdc; sets $cpu to cdc's CPU seconds
+  wait "$recv_pid"; recv_pid=
+  cpu=$(cpu_seconds "$cdc_pid")
+  kill -TERM "$cdc_pid"; wait "$cdc_pid" || true; cdc_pid=
+  "$cdc" --config "$work/cdc.toml" teardown >/dev/null
+  psql_ -c "TRUNCATE cdc.webhook_outbox, cdc.webhook_attempts"
+}
+
+field() { sed -E "s/.*\"$1\":([0-9.]+).*/\1/" "$work/receiver.json"; }
+
+throughput() {  # throughput BATCH
+  psql_ -c "TRUNCATE items"
+  config "$1" "1s"
+  psql_ -c "INSERT INTO items (id, title, price) SELECT g, 'item ' || g, g % 1000 + 0.5 FROM generate_series(1, $N) g"
+  start_receiver
+  "$cdc" --config "$work/cdc.toml" run 2>"$work/cdc-$1.log" &
+  cdc_pid=$!
+  finish
+  local events; events=$(field events)
+  [[ "$events" == "$N" ]] || echo "warning: the receiver counted $events events, expected $N" >&2
+  printf "batches of %-4s %8s events/s   %5.2f CPU s per 100k events   (%s events in %s requests)\n" \
+    "$1" "$(field events_per_s)" "$(awk -v c="$cpu" -v n="$N" 'BEGIN { print c * 100000 / n }')" "$events" "$(field requests)"
+}
+
+latency() {
+  psql_ -c "TRUNCATE items"
+  config 25 0
+  start_receiver
+  "$cdc" --config "$work/cdc.toml" run 2>"$work/cdc-latency.log" &
+  cdc_pid=$!
+  sleep 1
+  echo "INSERT INTO items (id, title, price) VALUES (nextval('ids'), 'x', 1.5);" > "$work/one.sql"
+  psql_ -c "CREATE SEQUENCE IF NOT EXISTS ids"
+  # The test cluster runs with synchronous_commit = off, where the walsender only sees a commit
+  # after the WAL writer's next flush (every 200 ms): the writers here commit synchronously, as
+  # a production database does, so the figure is cdc's latency and not the WAL writer's.
+  PGOPTIONS="-c synchronous_commit=on" "$bin/pgbench" -n -f "$work/one.sql" -R 1000 -T 10 -c 2 -j 2 "$url" > "$work/pgbench.log" 2>&1
+  finish
+  printf "1,000 changes/s, batch_max_wait = 0: p50 %s ms, p99 %s ms, max %s ms (%s events in %s requests; pgbench %s)\n" \
+    "$(field p50_ms)" "$(field p99_ms)" "$(field max_ms)" "$(field events)" "$(field requests)" \
+    "$(grep -oE 'tps = [0-9.]+' "$work/pgbench.log" | head -1)"
+}
+
+echo "== webhook sink, $N events per throughput run, receiver on 127.0.0.1:$PORT"
+throughput 25
+throughput 500
+latency

@@ -1,0 +1,123 @@
+//! A response → what to do next. Pure functions, tested on literal responses.
+//!
+//! Only a 2xx within the timeout is a delivery (a 3xx is a failure: a webhook URL that moved
+//! is a configuration problem, and following it would send the body somewhere unconfigured).
+//! 429 and 503 say when to come back (`Retry-After`, seconds or an HTTP date); 410 Gone says
+//! never. Every other failure waits for the next step of the schedule, jittered so endpoints
+//! that failed together do not all come back in the same second.
+
+use std::time::{Duration, SystemTime};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Delivered,
+    /// 410: the receiver asks never to be called again.
+    Gone,
+    /// Try again later; `retry_after` when the receiver said when.
+    Retry { retry_after: Option<Duration> },
+}
+
+/// `status` is None when no response came (connection refused, timeout).
+pub fn classify(status: Option<u16>, retry_after: Option<&str>, now: SystemTime) -> Verdict {
+    match status {
+        Some(200..=299) => Verdict::Delivered,
+        Some(410) => Verdict::Gone,
+        Some(429 | 503) => Verdict::Retry { retry_after: retry_after.and_then(|v| parse_retry_after(v, now)) },
+        _ => Verdict::Retry { retry_after: None },
+    }
+}
+
+/// `Retry-After: 120` or `Retry-After: Wed, 21 Oct 2015 07:28:00 GMT`; a date in the past is 0.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at: SystemTime = chrono::DateTime::parse_from_rfc2822(value).ok()?.into();
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// The wait after the `failures`-th failed attempt of a batch (1 for the first failure), or
+/// None when the schedule is exhausted. `jitter` scales the schedule's step (see [`jitter`]);
+/// a receiver's own `Retry-After` is taken as it is.
+pub fn next_delay(schedule: &[Duration], failures: u32, retry_after: Option<Duration>, jitter: f64) -> Option<Duration> {
+    let step = *schedule.get(failures.checked_sub(1)? as usize)?;
+    Some(retry_after.unwrap_or_else(|| step.mul_f64(jitter)))
+}
+
+/// Like [`next_delay`], but past the end of the schedule its last step repeats: for
+/// `on_exhausted = "block"`, which never gives up.
+pub fn next_delay_forever(schedule: &[Duration], failures: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+    let capped = failures.clamp(1, schedule.len().max(1) as u32);
+    next_delay(schedule, capped, retry_after, jitter).unwrap_or(retry_after.unwrap_or(Duration::from_secs(1)))
+}
+
+/// A factor in [0.8, 1.2).
+pub fn jitter() -> f64 {
+    rand::random_range(0.8..1.2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn now() -> SystemTime {
+        // Wed, 21 Oct 2015 07:28:00 GMT
+        SystemTime::UNIX_EPOCH + Duration::from_secs(1_445_412_480)
+    }
+
+    fn s(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    #[test]
+    fn only_2xx_is_delivered() {
+        assert_eq!(classify(Some(200), None, now()), Verdict::Delivered);
+        assert_eq!(classify(Some(204), None, now()), Verdict::Delivered);
+        for failure in [Some(301), Some(302), Some(400), Some(404), Some(500), Some(502), None] {
+            assert_eq!(classify(failure, None, now()), Verdict::Retry { retry_after: None }, "{failure:?}");
+        }
+    }
+
+    #[test]
+    fn gone_disables() {
+        assert_eq!(classify(Some(410), Some("5"), now()), Verdict::Gone);
+    }
+
+    #[test]
+    fn too_many_requests_and_unavailable_honour_retry_after_in_seconds_or_as_a_date() {
+        assert_eq!(classify(Some(429), Some("7"), now()), Verdict::Retry { retry_after: Some(s(7)) });
+        assert_eq!(classify(Some(503), Some("Wed, 21 Oct 2015 07:28:30 GMT"), now()), Verdict::Retry { retry_after: Some(s(30)) });
+        assert_eq!(classify(Some(429), Some("Wed, 21 Oct 2015 07:00:00 GMT"), now()), Verdict::Retry { retry_after: Some(s(0)) });
+        assert_eq!(classify(Some(429), Some("soon"), now()), Verdict::Retry { retry_after: None });
+        assert_eq!(classify(Some(500), Some("7"), now()), Verdict::Retry { retry_after: None }, "only 429 and 503 say when");
+    }
+
+    #[test]
+    fn the_schedule_is_followed_then_exhausted() {
+        let schedule = [s(5), s(30), s(120)];
+        assert_eq!(next_delay(&schedule, 1, None, 1.0), Some(s(5)));
+        assert_eq!(next_delay(&schedule, 3, None, 1.0), Some(s(120)));
+        assert_eq!(next_delay(&schedule, 4, None, 1.0), None);
+        assert_eq!(next_delay(&[], 1, None, 1.0), None, "an empty schedule never retries");
+    }
+
+    #[test]
+    fn jitter_scales_the_schedule_but_not_retry_after() {
+        assert_eq!(next_delay(&[s(10)], 1, None, 0.8), Some(s(8)));
+        assert_eq!(next_delay(&[s(10)], 1, Some(s(3)), 0.8), Some(s(3)));
+        for _ in 0..1000 {
+            let j = jitter();
+            assert!((0.8..1.2).contains(&j));
+        }
+    }
+
+    #[test]
+    fn blocking_repeats_the_last_step() {
+        let schedule = [s(1), s(4)];
+        assert_eq!(next_delay_forever(&schedule, 1, None, 1.0), s(1));
+        assert_eq!(next_delay_forever(&schedule, 2, None, 1.0), s(4));
+        assert_eq!(next_delay_forever(&schedule, 50, None, 1.0), s(4));
+        assert_eq!(next_delay_forever(&schedule, 50, Some(s(9)), 1.0), s(9));
+    }
+}
