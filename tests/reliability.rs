@@ -156,3 +156,17 @@ async fn stop_at_delivers_everything_before_the_position_then_exits_0() {
     let confirmed = s.db.confirmed_flush_lsn(&s.db.name).await.unwrap();
     assert!(confirmed >= support::parse_lsn(&end), "the final position is confirmed");
 }
+
+#[tokio::test]
+async fn a_wrong_password_ends_the_run_with_the_servers_message() {
+    let s = setup("badpass", "CREATE TABLE items (id int PRIMARY KEY);", "items").await;
+    let url = s.db.password_url().replacen("cdc:cdc@", "cdc:wrong@", 1);
+    let config = std::fs::read_to_string(&s.config).unwrap().replace(&s.db.url, &url);
+    let dir = support::temp_dir();
+    let path = write_config(dir.path(), &config);
+    let out = support::cdc_with_env_timeout(&["--config", path.to_str().unwrap(), "run"], &[], Duration::from_secs(30));
+    assert!(!out.status.success());
+    let err = support::stderr_of(&out);
+    assert!(err.contains("password authentication failed"), "{err}");
+    assert!(!err.contains("retrying in"), "no retry can fix a wrong password: {err}");
+}

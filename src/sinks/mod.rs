@@ -41,7 +41,7 @@ pub struct Running {
     tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
 }
 
-/// How long sinks get to deliver what they hold once their channels closed.
+/// How long sinks get, together, to deliver what they hold once their channels closed.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Running {
@@ -49,8 +49,11 @@ impl Running {
     /// `Router::close`). Returns the first sink error. A second call does nothing.
     pub async fn drain(&mut self) -> Option<anyhow::Error> {
         let mut failed = None;
+        // One deadline for all: the sinks drain concurrently (they are tasks), so waiting for
+        // them in turn against a shared deadline bounds the whole shutdown.
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         for (name, task) in std::mem::take(&mut self.tasks) {
-            match tokio::time::timeout(DRAIN_TIMEOUT, task).await {
+            match tokio::time::timeout_at(deadline, task).await {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => {
                     tracing::error!(sink = %name, "sink failed: {e:#}");

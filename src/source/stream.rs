@@ -99,8 +99,8 @@ async fn session(
     stop_at: Option<Lsn>,
     backoff: &mut Backoff,
 ) -> Result<Stop, SessionError> {
-    let catalog = connection::catalog(&source.url).await?;
-    connection::preflight(&catalog, source).await.map_err(SessionError::Fatal)?;
+    let catalog = connection::catalog(&source.url).await.map_err(classify)?;
+    connection::preflight(&catalog, source).await.map_err(classify)?;
 
     // The replication client's own stop position compares it with the server's WAL end on
     // every message, which passes it in the middle of a large transaction; cdc stops at
