@@ -1,5 +1,5 @@
 # Builds the cdc binary for docker-compose.yml.
-FROM rust:1.88-bookworm AS build
+FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked

@@ -5,7 +5,7 @@
 use tokio_postgres::Client;
 
 use crate::config::Config;
-use crate::source::connection::{self, Target};
+use crate::source::connection;
 
 #[derive(Default)]
 pub struct Report {
@@ -70,8 +70,8 @@ pub async fn check_postgres(config: &Config) -> Report {
     let client = match connection::catalog(&config.source.url).await {
         Ok(c) => c,
         Err(e) => {
-            let target = Target::parse(&config.source.url).map(|t| t.describe()).unwrap_or_else(|_| "Postgres".into());
-            r.problem(format!("cannot connect to {target}: {e:#} — check source.url, that the server runs and accepts connections from this host"));
+            // The error names the server already (`connection::catalog`).
+            r.problem(format!("{e:#} — check source.url, that the server runs and accepts connections from this host"));
             return r;
         }
     };
