@@ -17,7 +17,6 @@ use crate::event::Lsn;
 /// A sink's acknowledgement handle: the end LSN up to which it has delivered every transaction.
 #[derive(Clone, Debug)]
 pub struct Ack {
-    name: Arc<str>,
     delivered: Arc<AtomicU64>,
 }
 
@@ -30,10 +29,6 @@ impl Ack {
 
     pub fn position(&self) -> Lsn {
         Lsn(self.delivered.load(Ordering::Acquire))
-    }
-
-    pub fn sink(&self) -> &str {
-        &self.name
     }
 }
 
@@ -52,8 +47,8 @@ impl Checkpoint {
     }
 
     /// A new sink's handle. It starts at zero: nothing is confirmed on its behalf until it acks.
-    pub fn register(&mut self, sink: &str) -> Ack {
-        let ack = Ack { name: Arc::from(sink), delivered: Arc::new(AtomicU64::new(0)) };
+    pub fn register(&mut self) -> Ack {
+        let ack = Ack { delivered: Arc::new(AtomicU64::new(0)) };
         self.acks.push(ack.clone());
         ack
     }
@@ -79,11 +74,6 @@ impl Checkpoint {
             _ => acked,
         }
     }
-
-    /// Sinks that hold the confirmable position back, with their positions (for logs and status).
-    pub fn positions(&self) -> Vec<(String, Lsn)> {
-        self.acks.iter().map(|a| (a.sink().to_string(), a.position())).collect()
-    }
 }
 
 #[cfg(test)]
@@ -93,8 +83,8 @@ mod tests {
     #[test]
     fn confirms_the_minimum_over_sinks() {
         let mut cp = Checkpoint::new();
-        let fast = cp.register("fast");
-        let slow = cp.register("slow");
+        let fast = cp.register();
+        let slow = cp.register();
         cp.dispatched(Lsn(300));
         fast.delivered(Lsn(300));
         slow.delivered(Lsn(100));
@@ -106,7 +96,7 @@ mod tests {
     #[test]
     fn acknowledgements_never_go_back() {
         let mut cp = Checkpoint::new();
-        let a = cp.register("a");
+        let a = cp.register();
         a.delivered(Lsn(200));
         a.delivered(Lsn(150));
         assert_eq!(cp.confirmable(), Lsn(200));
@@ -115,8 +105,8 @@ mod tests {
     #[test]
     fn an_idle_keepalive_is_confirmed_only_after_every_sink_caught_up() {
         let mut cp = Checkpoint::new();
-        let a = cp.register("a");
-        let b = cp.register("b");
+        let a = cp.register();
+        let b = cp.register();
         cp.dispatched(Lsn(100));
         cp.keepalive(Lsn(5000));
         a.delivered(Lsn(100));

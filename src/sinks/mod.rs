@@ -84,7 +84,7 @@ pub fn spawn_all(
     let mut tasks = Vec::new();
     for (name, sink) in &config.sinks {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
-        let ack = checkpoint.register(name);
+        let ack = checkpoint.register();
         let task = match sink {
             SinkConfig::Stdout(cfg) => tokio::spawn(stdout::run(cfg.clone(), rx, ack)),
             SinkConfig::Webhook(cfg) => tokio::spawn(webhook::run(name.clone(), cfg.clone(), config.source.url.clone(), rx, ack)),

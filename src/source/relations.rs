@@ -42,10 +42,6 @@ impl Relation {
         }
         Some(Row(self.key.iter().filter_map(|&i| row.0.get(i).cloned()).collect()))
     }
-
-    pub fn column_names(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.columns.iter().map(|c| &c.name)
-    }
 }
 
 #[derive(Default)]

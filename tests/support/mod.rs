@@ -837,16 +837,7 @@ impl CdcProcess {
 
     /// After the process exited: every remaining event up to EOF (waits at most `timeout`).
     pub fn remaining_events(&mut self, timeout: Duration) -> Vec<Value> {
-        let deadline = Instant::now() + timeout;
-        let mut got = Vec::new();
-        loop {
-            while let Some(v) = self.pop_event() {
-                got.push(v);
-            }
-            if !self.pull(deadline) {
-                return got;
-            }
-        }
+        self.no_more_events(timeout)
     }
 
     /// SIGKILL and reap.
