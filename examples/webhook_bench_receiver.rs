@@ -24,11 +24,19 @@ struct Tally {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
-    let arg = |name: &str, default: u64| args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok()).unwrap_or(default);
+    let arg = |name: &str, default: u64| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
     let port = arg("--port", 9099) as u16;
     let idle = Duration::from_secs(arg("--idle", 3));
     let give_up = std::time::Instant::now() + Duration::from_secs(arg("--give-up", 120));
-    let listener = TcpListener::bind(("127.0.0.1", port)).await.expect("binding the receiver");
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("binding the receiver");
     let tally = Arc::new(Mutex::new(Tally::default()));
     let counting = tally.clone();
     tokio::spawn(async move {
@@ -54,8 +62,18 @@ async fn main() {
 fn report(t: &Tally) {
     let mut lat = t.latencies_us.clone();
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or(0) as f64 / 1000.0;
-    let span = t.last.unwrap().duration_since(t.first.unwrap()).unwrap_or_default().as_secs_f64();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
+    let span = t
+        .last
+        .unwrap()
+        .duration_since(t.first.unwrap())
+        .unwrap_or_default()
+        .as_secs_f64();
     println!(
         "{{\"requests\":{},\"events\":{},\"seconds\":{span:.3},\"events_per_s\":{:.0},\"p50_ms\":{:.1},\"p99_ms\":{:.1},\"max_ms\":{:.1}}}",
         t.requests,
@@ -98,7 +116,11 @@ async fn connection(stream: tokio::net::TcpStream, tally: Arc<Mutex<Tally>>) {
         }
         let now = SystemTime::now();
         count(&tally, &body, now);
-        if write.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await.is_err() {
+        if write
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n")
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -114,7 +136,10 @@ fn count(tally: &Mutex<Tally>, body: &[u8], now: SystemTime) {
     t.first.get_or_insert(now);
     t.last = Some(now);
     for e in &events {
-        if let Some(at) = e["committed_at"].as_str().and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok()) {
+        if let Some(at) = e["committed_at"]
+            .as_str()
+            .and_then(|s| chrono::DateTime::parse_from_rfc3339(s).ok())
+        {
             t.latencies_us.push(now_us - at.timestamp_micros());
         }
     }

@@ -48,7 +48,9 @@ impl Checkpoint {
 
     /// A new sink's handle. It starts at zero: nothing is confirmed on its behalf until it acks.
     pub fn register(&mut self) -> Ack {
-        let ack = Ack { delivered: Arc::new(AtomicU64::new(0)) };
+        let ack = Ack {
+            delivered: Arc::new(AtomicU64::new(0)),
+        };
         self.acks.push(ack.clone());
         ack
     }
@@ -110,7 +112,11 @@ mod tests {
         cp.dispatched(Lsn(100));
         cp.keepalive(Lsn(5000));
         a.delivered(Lsn(100));
-        assert_eq!(cp.confirmable(), Lsn(0), "b has not delivered the transaction before the keepalive");
+        assert_eq!(
+            cp.confirmable(),
+            Lsn(0),
+            "b has not delivered the transaction before the keepalive"
+        );
         b.delivered(Lsn(100));
         assert_eq!(cp.confirmable(), Lsn(5000));
         // a later transaction in flight does not pull the confirmed position back

@@ -161,7 +161,10 @@ impl Row {
     }
 
     pub fn unchanged_toast(&self) -> impl Iterator<Item = &Arc<str>> {
-        self.0.iter().filter(|(_, v)| v.is_unchanged_toast()).map(|(name, _)| name)
+        self.0
+            .iter()
+            .filter(|(_, v)| v.is_unchanged_toast())
+            .map(|(name, _)| name)
     }
 }
 
@@ -188,8 +191,14 @@ impl TableName {
     /// `schema.table`, or `table` meaning `public.table`.
     pub fn parse(s: &str) -> TableName {
         match s.split_once('.') {
-            Some((schema, name)) => TableName { schema: schema.to_string(), name: name.to_string() },
-            None => TableName { schema: "public".to_string(), name: s.to_string() },
+            Some((schema, name)) => TableName {
+                schema: schema.to_string(),
+                name: name.to_string(),
+            },
+            None => TableName {
+                schema: "public".to_string(),
+                name: s.to_string(),
+            },
         }
     }
 
@@ -273,7 +282,14 @@ impl Event {
     }
 
     /// A copy with other rows (the router's projection), same position and identity.
-    pub fn with_rows(&self, key: Option<Row>, old: Option<Row>, new: Option<Row>, changed: Option<Vec<Arc<str>>>, op: Op) -> Event {
+    pub fn with_rows(
+        &self,
+        key: Option<Row>,
+        old: Option<Row>,
+        new: Option<Row>,
+        changed: Option<Vec<Arc<str>>>,
+        op: Op,
+    ) -> Event {
         Event {
             op,
             table: self.table.clone(),
@@ -298,7 +314,13 @@ impl Event {
     }
 
     pub fn position(&self) -> Position {
-        Position { lsn: self.lsn, commit_lsn: self.commit_lsn, seq: self.seq, xid: self.xid, committed_at_us: self.committed_at_us }
+        Position {
+            lsn: self.lsn,
+            commit_lsn: self.commit_lsn,
+            seq: self.seq,
+            xid: self.xid,
+            committed_at_us: self.committed_at_us,
+        }
     }
 
     /// The stable id: `<commit_lsn>:<seq>`. A replay after a restart gives the same id.
@@ -380,7 +402,10 @@ impl Serialize for EventJson<'_> {
         map.serialize_entry("changed", &e.changed.as_ref().map(|c| Names(c)))?;
         if let Some(new) = &e.new {
             if new.unchanged_toast().next().is_some() {
-                map.serialize_entry("unchanged_toast", &Names(&new.unchanged_toast().cloned().collect::<Vec<_>>()))?;
+                map.serialize_entry(
+                    "unchanged_toast",
+                    &Names(&new.unchanged_toast().cloned().collect::<Vec<_>>()),
+                )?;
             }
         }
         if let Some(flags) = &e.truncate {
@@ -425,13 +450,28 @@ mod tests {
     #[test]
     fn event_json_has_the_documented_shape() {
         let table = Arc::new(TableName::parse("items"));
-        let pos = Position { lsn: Lsn(0x1A2B3B00), commit_lsn: Lsn(0x1A2B3C4D), seq: 3, xid: 751, committed_at_us: 1_795_545_000_123_456 };
+        let pos = Position {
+            lsn: Lsn(0x1A2B3B00),
+            commit_lsn: Lsn(0x1A2B3C4D),
+            seq: 3,
+            xid: 751,
+            committed_at_us: 1_795_545_000_123_456,
+        };
         let e = Event::new(
             Op::Update,
             table,
             Some(row(&[("id", Value::Int(7))])),
-            Some(row(&[("id", Value::Int(7)), ("title", Value::String("a".into())), ("price", Value::Number("1.50".into()))])),
-            Some(row(&[("id", Value::Int(7)), ("title", Value::String("b".into())), ("price", Value::Number("1.50".into())), ("body", Value::UnchangedToast)])),
+            Some(row(&[
+                ("id", Value::Int(7)),
+                ("title", Value::String("a".into())),
+                ("price", Value::Number("1.50".into())),
+            ])),
+            Some(row(&[
+                ("id", Value::Int(7)),
+                ("title", Value::String("b".into())),
+                ("price", Value::Number("1.50".into())),
+                ("body", Value::UnchangedToast),
+            ])),
             Some(vec![Arc::from("title")]),
             pos,
         );

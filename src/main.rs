@@ -45,7 +45,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the daemon: stream the slot to the sinks until SIGINT/SIGTERM.
-    #[command(after_help = "Example:\n  cdc run --config cdc.toml\n\nLogs go to stderr (RUST_LOG=cdc=debug for more); the stdout sink writes events to stdout.\nOn SIGINT/SIGTERM cdc stops reading, lets sinks deliver what they hold, confirms the final position and exits 0.")]
+    #[command(
+        after_help = "Example:\n  cdc run --config cdc.toml\n\nLogs go to stderr (RUST_LOG=cdc=debug for more); the stdout sink writes events to stdout.\nOn SIGINT/SIGTERM cdc stops reading, lets sinks deliver what they hold, confirms the final position and exits 0."
+    )]
     Run {
         /// Exit once the stream reaches this LSN (e.g. 0/1A2B3C4D, from SELECT pg_current_wal_lsn()):
         /// every transaction committed before it is delivered and confirmed. For benchmarks and catch-ups.
@@ -53,10 +55,14 @@ enum Command {
         stop_at: Option<Lsn>,
     },
     /// Validate the configuration, then check the database: wal_level, publication, keys, slot, role.
-    #[command(after_help = "Example:\n  cdc check --config cdc.toml\n\nEach problem is one line with its fix; the exit status is 1 when there is a problem.")]
+    #[command(
+        after_help = "Example:\n  cdc check --config cdc.toml\n\nEach problem is one line with its fix; the exit status is 1 when there is a problem."
+    )]
     Check,
     /// Create the publication for the mapped tables and the replication slot (idempotent).
-    #[command(after_help = "Examples:\n  cdc setup\n  cdc setup --replica-identity-full public.items --replica-identity-full public.orders")]
+    #[command(
+        after_help = "Examples:\n  cdc setup\n  cdc setup --replica-identity-full public.items --replica-identity-full public.orders"
+    )]
     Setup {
         /// Also set REPLICA IDENTITY FULL on this table, so updates carry the whole old row and an
         /// exact list of changed columns. Repeatable.
@@ -93,7 +99,10 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// against 59k here (likely because delivery and decoding then take turns); both kept up with
 /// the walsender on the source benchmarks.
 fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("starting the async runtime")
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("starting the async runtime")
 }
 
 fn main() -> ExitCode {
@@ -102,7 +111,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cdc=info,warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cdc=info,warn")),
         )
         .init();
 
@@ -118,8 +128,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { stop_at } => commands::run::run(config, stop_at).await.map(|_| 0),
             Command::Check => commands::check::run(&config).await,
-            Command::Setup { replica_identity_full } => commands::setup::run(&config, &replica_identity_full).await.map(|_| 0),
-            Command::Teardown { drop_publication } => commands::teardown::run(&config, drop_publication).await.map(|_| 0),
+            Command::Setup { replica_identity_full } => {
+                commands::setup::run(&config, &replica_identity_full).await.map(|_| 0)
+            }
+            Command::Teardown { drop_publication } => {
+                commands::teardown::run(&config, drop_publication).await.map(|_| 0)
+            }
             Command::Webhook { command } => commands::webhook::run(&config, command).await,
             Command::DeadLetters { action } => commands::dead_letters::run(&config, action).await.map(|_| 0),
         }

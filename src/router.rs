@@ -43,7 +43,10 @@ impl Router {
                 .iter()
                 .filter_map(|name| sinks.iter().find(|(n, _)| n == name).map(|(_, tx)| tx.clone()))
                 .collect();
-            routes.entry(mapping.table.clone()).or_default().push(Route { mapping: Arc::new(mapping.clone()), sinks: senders });
+            routes.entry(mapping.table.clone()).or_default().push(Route {
+                mapping: Arc::new(mapping.clone()),
+                sinks: senders,
+            });
         }
         Router { routes, sinks }
     }
@@ -60,7 +63,9 @@ impl Router {
     }
 
     pub async fn send(&self, event: Event) -> Result<(), SinkStopped> {
-        let Some(routes) = self.routes.get(&*event.table) else { return Ok(()) };
+        let Some(routes) = self.routes.get(&*event.table) else {
+            return Ok(());
+        };
         let event = Arc::new(event);
         for r in routes {
             let routed = if passes_unchanged(&r.mapping, &event) {
@@ -72,9 +77,12 @@ impl Router {
                 }
             };
             for (tx, name) in r.sinks.iter().zip(&r.mapping.sinks) {
-                tx.send(SinkMsg::Event { event: routed.clone(), mapping: r.mapping.clone() })
-                    .await
-                    .map_err(|_| SinkStopped(name.clone()))?;
+                tx.send(SinkMsg::Event {
+                    event: routed.clone(),
+                    mapping: r.mapping.clone(),
+                })
+                .await
+                .map_err(|_| SinkStopped(name.clone()))?;
             }
         }
         Ok(())
@@ -82,7 +90,9 @@ impl Router {
 
     pub async fn commit(&self, commit_lsn: Lsn, end_lsn: Lsn) -> Result<(), SinkStopped> {
         for (name, tx) in &self.sinks {
-            tx.send(SinkMsg::Commit { commit_lsn, end_lsn }).await.map_err(|_| SinkStopped(name.clone()))?;
+            tx.send(SinkMsg::Commit { commit_lsn, end_lsn })
+                .await
+                .map_err(|_| SinkStopped(name.clone()))?;
         }
         Ok(())
     }
@@ -127,9 +137,13 @@ pub fn route(event: &Event, mapping: &TableMapping) -> Option<Event> {
         return None;
     }
     let project = |row: &Option<Row>| -> Option<Row> {
-        row.as_ref().map(|r| Row(r.0.iter().filter(|(name, _)| mapping.keeps(name)).cloned().collect()))
+        row.as_ref()
+            .map(|r| Row(r.0.iter().filter(|(name, _)| mapping.keeps(name)).cloned().collect()))
     };
-    let changed = event.changed.as_ref().map(|c| c.iter().filter(|name| mapping.keeps(name)).cloned().collect::<Vec<_>>());
+    let changed = event
+        .changed
+        .as_ref()
+        .map(|c| c.iter().filter(|name| mapping.keeps(name)).cloned().collect::<Vec<_>>());
     if op == Op::Update && changed.as_ref().is_some_and(|c| c.is_empty()) && event.key_changed() != Some(true) {
         return None;
     }
@@ -137,8 +151,17 @@ pub fn route(event: &Event, mapping: &TableMapping) -> Option<Event> {
         None => event.key.clone(),
         Some(columns) => {
             // The old row first: a key change carries the old key.
-            let source = if op == Op::Create { event.new.as_ref() } else { event.old.as_ref().or(event.new.as_ref()) };
-            source.map(|row| Row(columns.iter().filter_map(|c| row.0.iter().find(|(n, _)| &**n == c).cloned()).collect()))
+            let source = if op == Op::Create {
+                event.new.as_ref()
+            } else {
+                event.old.as_ref().or(event.new.as_ref())
+            };
+            source.map(|row| {
+                Row(columns
+                    .iter()
+                    .filter_map(|c| row.0.iter().find(|(n, _)| &**n == c).cloned())
+                    .collect())
+            })
         }
     };
     let new = if op == Op::Delete { None } else { project(&event.new) };
@@ -187,7 +210,11 @@ mod tests {
     fn projection_keeps_only_listed_columns() {
         let mut m = mapping();
         m.columns = Some(vec!["id".into(), "title".into()]);
-        let e = update(None, row(&[("id", Value::Int(1)), ("title", s("b")), ("secret", s("x"))]), None);
+        let e = update(
+            None,
+            row(&[("id", Value::Int(1)), ("title", s("b")), ("secret", s("x"))]),
+            None,
+        );
         let routed = route(&e, &m).unwrap();
         assert_eq!(routed.new.unwrap(), row(&[("id", Value::Int(1)), ("title", s("b"))]));
     }

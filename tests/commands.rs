@@ -20,10 +20,22 @@ fn a_broken_config_names_file_line_and_key_for_every_problem() {
     let out = support::cdc(&["--config", path, "check"]);
     assert_eq!(out.status.code(), Some(2), "stdout: {}", stdout_of(&out));
     let err = stderr_of(&out);
-    assert!(err.contains("cdc.toml:2: source.url:") && err.contains("CDC_TEST_UNSET_PASSWORD"), "{err}");
-    assert!(err.contains("cdc.toml:3: source.slott: unknown key; did you mean \"slot\"?"), "{err}");
-    assert!(err.contains("cdc.toml:10: tables[0].sinks[0]:") && err.contains("\"out\""), "{err}");
-    assert!(err.contains("cdc.toml:11: tables[0].ops[0]:") && err.contains("insert"), "{err}");
+    assert!(
+        err.contains("cdc.toml:2: source.url:") && err.contains("CDC_TEST_UNSET_PASSWORD"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cdc.toml:3: source.slott: unknown key; did you mean \"slot\"?"),
+        "{err}"
+    );
+    assert!(
+        err.contains("cdc.toml:10: tables[0].sinks[0]:") && err.contains("\"out\""),
+        "{err}"
+    );
+    assert!(
+        err.contains("cdc.toml:11: tables[0].ops[0]:") && err.contains("insert"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -71,9 +83,18 @@ async fn check_reports_each_problem_of_a_misconfigured_database_with_its_fix() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     let problems: Vec<&str> = text.lines().filter(|l| l.starts_with("problem: ")).collect();
     let has = |needle: &str| problems.iter().any(|l| l.contains(needle));
-    assert!(has("role plain_reader lacks the REPLICATION attribute: ALTER ROLE plain_reader WITH REPLICATION"), "{text}");
-    assert!(has(&format!("publication {} does not exist: run `cdc setup`", db.name)), "{text}");
-    assert!(has("public.nokey has no primary key") && has("cdc setup --replica-identity-full public.nokey"), "{text}");
+    assert!(
+        has("role plain_reader lacks the REPLICATION attribute: ALTER ROLE plain_reader WITH REPLICATION"),
+        "{text}"
+    );
+    assert!(
+        has(&format!("publication {} does not exist: run `cdc setup`", db.name)),
+        "{text}"
+    );
+    assert!(
+        has("public.nokey has no primary key") && has("cdc setup --replica-identity-full public.nokey"),
+        "{text}"
+    );
     assert!(has("public.items has no column \"titel\""), "{text}");
     assert!(has("table public.missing does not exist"), "{text}");
     assert!(text.contains("ok: wal_level = logical"), "{text}");
@@ -93,20 +114,48 @@ async fn setup_makes_check_pass_is_idempotent_and_teardown_reports_the_retained_
 
     let first = support::cdc(&["--config", path, "setup", "--replica-identity-full", "parts"]);
     assert!(first.status.success(), "{}", stderr_of(&first));
-    assert!(stdout_of(&first).contains("created publication"), "{}", stdout_of(&first));
+    assert!(
+        stdout_of(&first).contains("created publication"),
+        "{}",
+        stdout_of(&first)
+    );
     let again = support::cdc(&["--config", path, "setup"]);
-    assert!(again.status.success() && stdout_of(&again).contains(&format!("replication slot {} exists", db.name)), "{}", stdout_of(&again));
-    assert_eq!(db.query_one_i64("SELECT count(*) FROM pg_publication WHERE pubviaroot").await, 1);
-    assert_eq!(db.query_one_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'cdc'").await, 1, "cdc's state schema exists");
+    assert!(
+        again.status.success() && stdout_of(&again).contains(&format!("replication slot {} exists", db.name)),
+        "{}",
+        stdout_of(&again)
+    );
+    assert_eq!(
+        db.query_one_i64("SELECT count(*) FROM pg_publication WHERE pubviaroot")
+            .await,
+        1
+    );
+    assert_eq!(
+        db.query_one_i64("SELECT count(*) FROM pg_namespace WHERE nspname = 'cdc'")
+            .await,
+        1,
+        "cdc's state schema exists"
+    );
 
     let check = support::cdc(&["--config", path, "check"]);
     assert_eq!(check.status.code(), Some(0), "{}", stdout_of(&check));
     assert!(stdout_of(&check).contains("all checks passed"));
 
-    db.exec("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 1000) g").await;
+    db.exec("INSERT INTO items SELECT g, 'x' FROM generate_series(1, 1000) g")
+        .await;
     let down = support::cdc(&["--config", path, "teardown", "--drop-publication"]);
     assert!(down.status.success(), "{}", stderr_of(&down));
     let said = stdout_of(&down);
-    assert!(said.contains(&format!("dropped replication slot {}", db.name)) && said.contains("of WAL"), "{said}");
-    assert_eq!(db.query_one_i64(&format!("SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'", db.name)).await, 0);
+    assert!(
+        said.contains(&format!("dropped replication slot {}", db.name)) && said.contains("of WAL"),
+        "{said}"
+    );
+    assert_eq!(
+        db.query_one_i64(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{}'",
+            db.name
+        ))
+        .await,
+        0
+    );
 }

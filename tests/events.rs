@@ -20,7 +20,11 @@ struct Running {
 async fn start(prefix: &str, ddl: &str, tables: &str) -> Running {
     let setup = support::stdout_setup(prefix, ddl, tables).await;
     let cdc = setup.run();
-    Running { db: setup.db, cdc, _dir: setup.dir }
+    Running {
+        db: setup.db,
+        cdc,
+        _dir: setup.dir,
+    }
 }
 
 fn ops(events: &[Value]) -> Vec<&str> {
@@ -61,13 +65,20 @@ async fn insert_update_delete_become_create_update_delete_events() {
 
     for e in &events {
         let commit_lsn = e["commit_lsn"].as_str().unwrap();
-        assert!(e["id"].as_str().unwrap().starts_with(&format!("{commit_lsn}:")), "id is <commit_lsn>:<n>: {e}");
+        assert!(
+            e["id"].as_str().unwrap().starts_with(&format!("{commit_lsn}:")),
+            "id is <commit_lsn>:<n>: {e}"
+        );
         assert!(e["xid"].as_u64().unwrap() > 0);
         assert!(e["committed_at"].as_str().unwrap().ends_with('Z'));
         assert!(e["lsn"].as_str().unwrap().contains('/'));
     }
     // the numeric keeps the database's digits
-    assert!(r.cdc.raw_lines().iter().any(|l| l.contains("\"price\":1.50")), "{:?}", r.cdc.raw_lines());
+    assert!(
+        r.cdc.raw_lines().iter().any(|l| l.contains("\"price\":1.50")),
+        "{:?}",
+        r.cdc.raw_lines()
+    );
 }
 
 #[tokio::test]
@@ -81,7 +92,8 @@ async fn replica_identity_full_gives_the_old_row_and_exact_changed_columns() {
     )
     .await;
     let big = "x".repeat(100_000);
-    r.db.exec(&format!("INSERT INTO items VALUES (1, 'a', 10, '{big}')")).await;
+    r.db.exec(&format!("INSERT INTO items VALUES (1, 'a', 10, '{big}')"))
+        .await;
     r.db.exec("UPDATE items SET title = 'b' WHERE id = 1").await;
     r.db.exec("UPDATE items SET id = 2 WHERE id = 1").await;
     let events = r.cdc.next_events(3, WAIT);
@@ -113,7 +125,10 @@ async fn unchanged_toast_is_marked_not_nulled_without_full_identity() {
     let events = r.cdc.next_events(2, WAIT);
     assert_eq!(events[0]["new"]["body"].as_str().unwrap().chars().count(), 60_000);
     let update = &events[1];
-    assert!(update["new"].get("body").is_none(), "an unchanged TOAST value is not sent as null: {update}");
+    assert!(
+        update["new"].get("body").is_none(),
+        "an unchanged TOAST value is not sent as null: {update}"
+    );
     assert_eq!(update["unchanged_toast"], json!(["body"]));
     assert_eq!(update["new"]["title"], "b");
 }
@@ -126,7 +141,8 @@ async fn key_change_without_full_identity_carries_the_old_key() {
         "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\n",
     )
     .await;
-    r.db.exec("INSERT INTO items VALUES (1, 'a'); UPDATE items SET id = 5 WHERE id = 1;").await;
+    r.db.exec("INSERT INTO items VALUES (1, 'a'); UPDATE items SET id = 5 WHERE id = 1;")
+        .await;
     let events = r.cdc.next_events(2, WAIT);
     assert_eq!(events[1]["op"], "update");
     assert_eq!(events[1]["key"], json!({"id": 1}));
@@ -190,8 +206,17 @@ async fn every_type_converts_exactly() {
     assert!(new["nul"].is_null() && new.as_object().unwrap().contains_key("nul"));
     assert_eq!(new["uni"], "ünïcødé ✓ 日本");
     // exact digits, no float rounding
-    let line = r.cdc.raw_lines().iter().find(|l| l.contains("\"n_big\"")).unwrap().clone();
-    assert!(line.contains("\"n_big\":123456789012345678901234567890.123456789"), "{line}");
+    let line = r
+        .cdc
+        .raw_lines()
+        .iter()
+        .find(|l| l.contains("\"n_big\""))
+        .unwrap()
+        .clone();
+    assert!(
+        line.contains("\"n_big\":123456789012345678901234567890.123456789"),
+        "{line}"
+    );
     assert!(line.contains("\"n_small\":0.000000000000000000000000000001"), "{line}");
     assert!(line.contains("\"n\":1.50"), "{line}");
 }
@@ -205,13 +230,22 @@ async fn schema_changes_mid_stream_are_followed_without_restart() {
     )
     .await;
     r.db.exec("INSERT INTO items VALUES (1, 'a', 10)").await;
-    r.db.exec("ALTER TABLE items ADD COLUMN tags text[]; INSERT INTO items VALUES (2, 'b', 20, '{x}')").await;
-    r.db.exec("ALTER TABLE items DROP COLUMN price; INSERT INTO items VALUES (3, 'c', '{y}')").await;
-    r.db.exec("ALTER TABLE items RENAME COLUMN title TO name; INSERT INTO items VALUES (4, 'd', NULL)").await;
-    r.db.exec("ALTER TABLE items ALTER COLUMN name TYPE int USING length(name); INSERT INTO items VALUES (5, 42, NULL)").await;
+    r.db.exec("ALTER TABLE items ADD COLUMN tags text[]; INSERT INTO items VALUES (2, 'b', 20, '{x}')")
+        .await;
+    r.db.exec("ALTER TABLE items DROP COLUMN price; INSERT INTO items VALUES (3, 'c', '{y}')")
+        .await;
+    r.db.exec("ALTER TABLE items RENAME COLUMN title TO name; INSERT INTO items VALUES (4, 'd', NULL)")
+        .await;
+    r.db.exec(
+        "ALTER TABLE items ALTER COLUMN name TYPE int USING length(name); INSERT INTO items VALUES (5, 42, NULL)",
+    )
+    .await;
     let events = r.cdc.next_events(5, WAIT);
     assert_eq!(events[0]["new"], json!({"id": 1, "title": "a", "price": 10}));
-    assert_eq!(events[1]["new"], json!({"id": 2, "title": "b", "price": 20, "tags": ["x"]}));
+    assert_eq!(
+        events[1]["new"],
+        json!({"id": 2, "title": "b", "price": 20, "tags": ["x"]})
+    );
     assert_eq!(events[2]["new"], json!({"id": 3, "title": "c", "tags": ["y"]}));
     assert_eq!(events[3]["new"], json!({"id": 4, "name": "d", "tags": null}));
     assert_eq!(events[4]["new"], json!({"id": 5, "name": 42, "tags": null}));
@@ -225,12 +259,22 @@ async fn truncate_of_several_tables_gives_one_event_per_table_with_its_flags() {
         "[[tables]]\ntable = \"a\"\nsinks = [\"out\"]\n[[tables]]\ntable = \"b\"\nsinks = [\"out\"]\n",
     )
     .await;
-    r.db.exec("INSERT INTO a DEFAULT VALUES; TRUNCATE a RESTART IDENTITY CASCADE;").await;
+    r.db.exec("INSERT INTO a DEFAULT VALUES; TRUNCATE a RESTART IDENTITY CASCADE;")
+        .await;
     let events = r.cdc.next_events(3, WAIT);
     assert_eq!(events[0]["op"], "create");
-    let truncated: Vec<_> = events[1..].iter().map(|e| (e["op"].as_str().unwrap(), e["table"].as_str().unwrap())).collect();
-    assert!(truncated.contains(&("truncate", "a")) && truncated.contains(&("truncate", "b")), "{truncated:?}");
-    assert_eq!(events[1]["truncate"], json!({"cascade": true, "restart_identity": true}));
+    let truncated: Vec<_> = events[1..]
+        .iter()
+        .map(|e| (e["op"].as_str().unwrap(), e["table"].as_str().unwrap()))
+        .collect();
+    assert!(
+        truncated.contains(&("truncate", "a")) && truncated.contains(&("truncate", "b")),
+        "{truncated:?}"
+    );
+    assert_eq!(
+        events[1]["truncate"],
+        json!({"cascade": true, "restart_identity": true})
+    );
     assert_eq!(events[1]["commit_lsn"], events[2]["commit_lsn"]);
 }
 
@@ -244,16 +288,47 @@ async fn transactions_over_several_tables_arrive_in_commit_order() {
     .await;
     // Two sessions interleave; commit order is tx2 then tx1.
     let other = support::connect(&r.db.url).await;
-    other.batch_execute("BEGIN; INSERT INTO a VALUES (1); INSERT INTO b VALUES (1);").await.unwrap();
-    r.db.exec("BEGIN; INSERT INTO b VALUES (2); INSERT INTO ignored VALUES (2); INSERT INTO a VALUES (2); COMMIT;").await;
+    other
+        .batch_execute("BEGIN; INSERT INTO a VALUES (1); INSERT INTO b VALUES (1);")
+        .await
+        .unwrap();
+    r.db.exec("BEGIN; INSERT INTO b VALUES (2); INSERT INTO ignored VALUES (2); INSERT INTO a VALUES (2); COMMIT;")
+        .await;
     other.batch_execute("INSERT INTO a VALUES (3); COMMIT;").await.unwrap();
     let events = r.cdc.next_events(5, WAIT);
-    let seen: Vec<(String, i64)> = events.iter().map(|e| (e["table"].as_str().unwrap().to_string(), e["new"]["id"].as_i64().unwrap())).collect();
-    assert_eq!(seen, [("b".into(), 2), ("a".into(), 2), ("a".into(), 1), ("b".into(), 1), ("a".into(), 3)]);
-    assert_eq!(events[0]["id"], format!("{}:0", events[0]["commit_lsn"].as_str().unwrap()));
-    assert_eq!(events[1]["id"], format!("{}:1", events[1]["commit_lsn"].as_str().unwrap()), "ids count the transaction's routed changes");
+    let seen: Vec<(String, i64)> = events
+        .iter()
+        .map(|e| {
+            (
+                e["table"].as_str().unwrap().to_string(),
+                e["new"]["id"].as_i64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("b".into(), 2),
+            ("a".into(), 2),
+            ("a".into(), 1),
+            ("b".into(), 1),
+            ("a".into(), 3)
+        ]
+    );
+    assert_eq!(
+        events[0]["id"],
+        format!("{}:0", events[0]["commit_lsn"].as_str().unwrap())
+    );
+    assert_eq!(
+        events[1]["id"],
+        format!("{}:1", events[1]["commit_lsn"].as_str().unwrap()),
+        "ids count the transaction's routed changes"
+    );
     assert!(events[0]["commit_lsn"].as_str() != events[2]["commit_lsn"].as_str());
-    assert!(r.cdc.no_more_events(Duration::from_millis(500)).is_empty(), "the unmapped table is ignored");
+    assert!(
+        r.cdc.no_more_events(Duration::from_millis(500)).is_empty(),
+        "the unmapped table is ignored"
+    );
 }
 
 #[tokio::test]
@@ -270,7 +345,8 @@ ops = ["create", "delete"]
 "#,
     )
     .await;
-    r.db.exec("INSERT INTO items VALUES (1, 'A-1', 't', 's'); UPDATE items SET title = 'u'; DELETE FROM items;").await;
+    r.db.exec("INSERT INTO items VALUES (1, 'A-1', 't', 's'); UPDATE items SET title = 'u'; DELETE FROM items;")
+        .await;
     let events = r.cdc.next_events(2, WAIT);
     assert_eq!(ops(&events), ["create", "delete"]);
     assert_eq!(events[0]["new"], json!({"id": 1, "sku": "A-1", "title": "t"}));
@@ -287,7 +363,8 @@ async fn a_partitioned_table_is_mapped_by_its_parent() {
         "[[tables]]\ntable = \"measures\"\nsinks = [\"out\"]\n",
     )
     .await;
-    r.db.exec("INSERT INTO measures VALUES (1, '2025-06-01', 10), (2, '2026-06-01', 20)").await;
+    r.db.exec("INSERT INTO measures VALUES (1, '2025-06-01', 10), (2, '2026-06-01', 20)")
+        .await;
     let events = r.cdc.next_events(2, WAIT);
     for e in &events {
         assert_eq!(e["table"], "measures", "partition changes carry the parent's name: {e}");

@@ -27,15 +27,11 @@ async fn databases_are_distinct_and_isolated() {
         0
     );
     assert_eq!(
-        a.query_opt_text("SELECT current_database()")
-            .await
-            .as_deref(),
+        a.query_opt_text("SELECT current_database()").await.as_deref(),
         Some(a.name.as_str())
     );
     assert_eq!(
-        b.query_opt_text("SELECT current_database()")
-            .await
-            .as_deref(),
+        b.query_opt_text("SELECT current_database()").await.as_deref(),
         Some(b.name.as_str())
     );
     let err = b
@@ -48,10 +44,7 @@ async fn databases_are_distinct_and_isolated() {
 #[tokio::test]
 async fn cluster_is_configured_for_logical_replication() {
     let db = new_database("harness_cfg").await;
-    assert_eq!(
-        db.query_opt_text("SHOW wal_level").await.as_deref(),
-        Some("logical")
-    );
+    assert_eq!(db.query_opt_text("SHOW wal_level").await.as_deref(), Some("logical"));
     assert!(db.query_one_i64("SHOW max_replication_slots").await >= 64);
     assert!(db.query_one_i64("SHOW max_connections").await >= 300);
 }
@@ -79,8 +72,7 @@ async fn slot_lsns_are_readable() {
     );
     assert!(db.current_wal_lsn().await >= confirmed);
     assert_eq!(
-        db.wait_confirmed_flush(&slot, confirmed, Duration::from_secs(5))
-            .await,
+        db.wait_confirmed_flush(&slot, confirmed, Duration::from_secs(5)).await,
         confirmed
     );
     assert!(!db.slot_active(&slot).await);
@@ -100,10 +92,7 @@ fn lsn_text_round_trips() {
 async fn password_role_needs_its_password() {
     let db = new_database("harness_pw").await;
     let client = connect(&db.password_url()).await;
-    let row = client
-        .query_one("SELECT current_user::text", &[])
-        .await
-        .unwrap();
+    let row = client.query_one("SELECT current_user::text", &[]).await.unwrap();
     assert_eq!(row.get::<_, String>(0), "cdc");
 
     let wrong = db.password_url().replace("cdc:cdc@", "cdc:wrong@");
@@ -127,11 +116,7 @@ fn cdc_help_works() {
         out.status,
         stderr_of(&out)
     );
-    assert!(
-        stdout_of(&out).contains("Usage"),
-        "no Usage in:\n{}",
-        stdout_of(&out)
-    );
+    assert!(stdout_of(&out).contains("Usage"), "no Usage in:\n{}", stdout_of(&out));
 }
 
 #[test]

@@ -8,11 +8,20 @@ use std::time::{Duration, Instant};
 
 #[tokio::test]
 async fn a_postgres_restart_mid_stream_loses_nothing() {
-    let setup = support::stdout_setup("pgrestart", "CREATE TABLE items (id int PRIMARY KEY)", "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]").await;
+    let setup = support::stdout_setup(
+        "pgrestart",
+        "CREATE TABLE items (id int PRIMARY KEY)",
+        "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]",
+    )
+    .await;
     let mut cdc = setup.run();
     let db = &setup.db;
     db.exec("INSERT INTO items SELECT generate_series(1, 500)").await;
-    let mut ids: BTreeSet<i64> = cdc.next_events(500, Duration::from_secs(30)).iter().map(|e| e["new"]["id"].as_i64().unwrap()).collect();
+    let mut ids: BTreeSet<i64> = cdc
+        .next_events(500, Duration::from_secs(30))
+        .iter()
+        .map(|e| e["new"]["id"].as_i64().unwrap())
+        .collect();
 
     support::restart_postgres();
     let db = support::reconnect(db).await;
@@ -25,6 +34,9 @@ async fn a_postgres_restart_mid_stream_loses_nothing() {
         }
     }
     assert_eq!(ids.len(), 1000, "stderr:\n{}", cdc.stderr_text());
-    assert!(cdc.stderr_text().contains("retrying in"), "the lost connection was logged");
+    assert!(
+        cdc.stderr_text().contains("retrying in"),
+        "the lost connection was logged"
+    );
     assert!(cdc.sigterm().success());
 }

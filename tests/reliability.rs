@@ -10,7 +10,12 @@ use serde_json::Value;
 use support::{write_config, CdcProcess, StdoutSetup};
 
 async fn setup(prefix: &str, ddl: &str, table: &str) -> StdoutSetup {
-    support::stdout_setup(prefix, ddl, &format!("[[tables]]\ntable = \"{table}\"\nsinks = [\"out\"]")).await
+    support::stdout_setup(
+        prefix,
+        ddl,
+        &format!("[[tables]]\ntable = \"{table}\"\nsinks = [\"out\"]"),
+    )
+    .await
 }
 
 fn run(s: &StdoutSetup) -> CdcProcess {
@@ -33,7 +38,9 @@ async fn kill_9_mid_stream_then_restart_delivers_every_change() {
             let c = support::connect(&url).await;
             for t in 0..300 {
                 let values: Vec<String> = (0..10).map(|i| format!("({}, {t})", t * 10 + i)).collect();
-                c.batch_execute(&format!("INSERT INTO items VALUES {}", values.join(","))).await.unwrap();
+                c.batch_execute(&format!("INSERT INTO items VALUES {}", values.join(",")))
+                    .await
+                    .unwrap();
             }
         })
     };
@@ -57,7 +64,11 @@ async fn kill_9_mid_stream_then_restart_delivers_every_change() {
             seen.insert(id, e);
         }
     }
-    assert_eq!(ids.len(), 3000, "every committed row arrived across the kill (had {before_restart} before it)");
+    assert_eq!(
+        ids.len(),
+        3000,
+        "every committed row arrived across the kill (had {before_restart} before it)"
+    );
     assert_eq!(*ids.iter().next().unwrap(), 0);
     assert_eq!(*ids.iter().last().unwrap(), 2999);
 }
@@ -71,10 +82,21 @@ async fn sigterm_delivers_confirms_the_final_position_and_exits_0() {
     let last_commit = lsn(events.last().unwrap()["commit_lsn"].as_str().unwrap());
     let started = Instant::now();
     let status = cdc.sigterm();
-    assert!(status.success(), "exit status {status:?}; stderr:\n{}", cdc.stderr_text());
-    assert!(started.elapsed() < Duration::from_secs(8), "took {:?}", started.elapsed());
+    assert!(
+        status.success(),
+        "exit status {status:?}; stderr:\n{}",
+        cdc.stderr_text()
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
     let confirmed = s.db.confirmed_flush_lsn(&s.db.name).await.unwrap();
-    assert!(confirmed > last_commit, "confirmed {confirmed:X} must be past the last commit {last_commit:X}");
+    assert!(
+        confirmed > last_commit,
+        "confirmed {confirmed:X} must be past the last commit {last_commit:X}"
+    );
     // and a restart does not deliver those rows again
     let mut again = run(&s);
     s.db.exec("INSERT INTO items VALUES (101)").await;
@@ -96,10 +118,15 @@ async fn an_idle_mapped_table_does_not_hold_wal_while_other_tables_write() {
     let before = s.db.current_wal_lsn().await;
     // ~50 MB of WAL in a table cdc does not map
     for _ in 0..10 {
-        s.db.exec("INSERT INTO busy (pad) SELECT repeat(md5(g::text), 32) FROM generate_series(1, 5000) g").await;
+        s.db.exec("INSERT INTO busy (pad) SELECT repeat(md5(g::text), 32) FROM generate_series(1, 5000) g")
+            .await;
     }
     let after = s.db.current_wal_lsn().await;
-    assert!(after - before > 40_000_000, "the load wrote {} bytes of WAL", after - before);
+    assert!(
+        after - before > 40_000_000,
+        "the load wrote {} bytes of WAL",
+        after - before
+    );
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut confirmed = 0;
     while Instant::now() < deadline {
@@ -109,7 +136,10 @@ async fn an_idle_mapped_table_does_not_hold_wal_while_other_tables_write() {
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(confirmed >= after, "confirmed {confirmed:X} did not reach {after:X}: the idle slot holds WAL");
+    assert!(
+        confirmed >= after,
+        "confirmed {confirmed:X} did not reach {after:X}: the idle slot holds WAL"
+    );
     assert!(cdc.no_more_events(Duration::from_millis(200)).is_empty());
 }
 
@@ -117,11 +147,15 @@ async fn an_idle_mapped_table_does_not_hold_wal_while_other_tables_write() {
 async fn a_million_row_transaction_streams_through_in_bounded_memory() {
     let s = setup("million", "CREATE TABLE big (id int PRIMARY KEY, title text);", "big").await;
     let mut cdc = run(&s);
-    s.db.exec("INSERT INTO big SELECT g, 'row number ' || g FROM generate_series(1, 1000000) g").await;
+    s.db.exec("INSERT INTO big SELECT g, 'row number ' || g FROM generate_series(1, 1000000) g")
+        .await;
     let counted = cdc.count_events(1_000_000, Duration::from_secs(400));
     assert_eq!(counted, 1_000_000);
     let rss_kb = cdc.rss_peak_kb().expect("cdc is running");
-    assert!(rss_kb < 100 * 1024, "peak RSS {rss_kb} kB: the transaction was held in memory");
+    assert!(
+        rss_kb < 100 * 1024,
+        "peak RSS {rss_kb} kB: the transaction was held in memory"
+    );
 }
 
 #[tokio::test]
@@ -135,9 +169,15 @@ async fn an_unreachable_server_is_named_once_per_retry_and_cdc_keeps_trying() {
     let mut cdc = CdcProcess::start(&["--config", config.to_str().unwrap(), "run"], &[]);
     std::thread::sleep(Duration::from_secs(4));
     let stderr = cdc.stderr_text();
-    assert!(stderr.contains(&format!("127.0.0.1:{port}")), "the log names host and port:\n{stderr}");
+    assert!(
+        stderr.contains(&format!("127.0.0.1:{port}")),
+        "the log names host and port:\n{stderr}"
+    );
     assert!(stderr.contains("retrying in"), "{stderr}");
-    assert!(stderr.lines().filter(|l| l.contains("retrying in")).count() >= 2, "it retried:\n{stderr}");
+    assert!(
+        stderr.lines().filter(|l| l.contains("retrying in")).count() >= 2,
+        "it retried:\n{stderr}"
+    );
     let status = cdc.sigterm();
     assert!(status.success(), "{status:?}");
 }
@@ -146,10 +186,14 @@ async fn an_unreachable_server_is_named_once_per_retry_and_cdc_keeps_trying() {
 async fn stop_at_delivers_everything_before_the_position_then_exits_0() {
     let s = setup("stopat", "CREATE TABLE items (id int PRIMARY KEY, body text);", "items").await;
     // one large transaction: the stop is at its end, never in its middle
-    s.db.exec("INSERT INTO items SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g").await;
+    s.db.exec("INSERT INTO items SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g")
+        .await;
     // the insert position: the test cluster commits asynchronously, so the write position
     // (pg_current_wal_lsn) can still be before the commit record
-    let end = s.db.query_opt_text("SELECT pg_current_wal_insert_lsn()::text").await.unwrap();
+    let end =
+        s.db.query_opt_text("SELECT pg_current_wal_insert_lsn()::text")
+            .await
+            .unwrap();
     let out = support::cdc(&["--config", &s.config, "run", "--stop-at", &end]);
     assert!(out.status.success(), "{}", support::stderr_of(&out));
     assert_eq!(support::stdout_of(&out).lines().count(), 20000);
@@ -164,7 +208,11 @@ async fn a_wrong_password_ends_the_run_with_the_servers_message() {
     let config = std::fs::read_to_string(&s.config).unwrap().replace(&s.db.url, &url);
     let dir = support::temp_dir();
     let path = write_config(dir.path(), &config);
-    let out = support::cdc_with_env_timeout(&["--config", path.to_str().unwrap(), "run"], &[], Duration::from_secs(30));
+    let out = support::cdc_with_env_timeout(
+        &["--config", path.to_str().unwrap(), "run"],
+        &[],
+        Duration::from_secs(30),
+    );
     assert!(!out.status.success());
     let err = support::stderr_of(&out);
     assert!(err.contains("password authentication failed"), "{err}");

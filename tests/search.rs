@@ -16,14 +16,17 @@ use support::{new_database, write_config, CdcProcess, TestDb};
 type Docs = BTreeMap<String, Value>;
 
 fn node_url() -> String {
-    support::search_url().expect("CDC_TEST_SEARCH_URL is not set: run the tests with scripts/test.sh (it starts the search node)")
+    support::search_url()
+        .expect("CDC_TEST_SEARCH_URL is not set: run the tests with scripts/test.sh (it starts the search node)")
 }
 
 async fn http(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
     let client = reqwest::Client::new();
     let mut request = client.request(method, url);
     if let Some(body) = body {
-        request = request.header("content-type", "application/json").body(body.to_string());
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
     }
     let response = request.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
     let status = response.status().as_u16();
@@ -37,9 +40,19 @@ async fn index_docs(node: &str, index: &str) -> Docs {
     if status == 404 {
         return Docs::new();
     }
-    let (status, body) = http(reqwest::Method::GET, &format!("{node}/{index}/_search?size=10000"), None).await;
+    let (status, body) = http(
+        reqwest::Method::GET,
+        &format!("{node}/{index}/_search?size=10000"),
+        None,
+    )
+    .await;
     assert_eq!(status, 200, "searching {index}: {body}");
-    body["hits"]["hits"].as_array().unwrap().iter().map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone())).collect()
+    body["hits"]["hits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
+        .collect()
 }
 
 /// The documents the table should produce: `sql` selects (id text, document jsonb).
@@ -47,7 +60,12 @@ async fn table_docs(db: &TestDb, sql: &str) -> Docs {
     db.query_text(sql)
         .await
         .into_iter()
-        .map(|row| (row[0].clone().unwrap(), serde_json::from_str(row[1].as_deref().unwrap()).unwrap()))
+        .map(|row| {
+            (
+                row[0].clone().unwrap(),
+                serde_json::from_str(row[1].as_deref().unwrap()).unwrap(),
+            )
+        })
         .collect()
 }
 
@@ -63,8 +81,11 @@ async fn assert_index_equals_table(node: &str, index: &str, db: &TestDb, sql: &s
         if Instant::now() >= deadline {
             let missing: Vec<&String> = expected.keys().filter(|k| !actual.contains_key(*k)).collect();
             let extra: Vec<&String> = actual.keys().filter(|k| !expected.contains_key(*k)).collect();
-            let differing: Vec<(&String, &Value, &Value)> =
-                expected.iter().filter_map(|(k, v)| actual.get(k).filter(|a| *a != v).map(|a| (k, v, a))).take(5).collect();
+            let differing: Vec<(&String, &Value, &Value)> = expected
+                .iter()
+                .filter_map(|(k, v)| actual.get(k).filter(|a| *a != v).map(|a| (k, v, a)))
+                .take(5)
+                .collect();
             panic!(
                 "index {index} differs from the table after {timeout:?}: {} expected, {} indexed; missing {missing:?}; extra {extra:?}; differing (id, table, index) {differing:?}",
                 expected.len(),
@@ -88,7 +109,15 @@ async fn setup(prefix: &str, ddl: &str, node: &str, sink_extra: &str, tables: &s
 }
 
 /// [`setup`], with `settings.json` (index settings a mapping can name) written beside the config.
-async fn setup_with_settings(prefix: &str, ddl: &str, node: &str, sink_extra: &str, tables: &str, full: &[&str], settings: Option<Value>) -> Setup {
+async fn setup_with_settings(
+    prefix: &str,
+    ddl: &str,
+    node: &str,
+    sink_extra: &str,
+    tables: &str,
+    full: &[&str],
+    settings: Option<Value>,
+) -> Setup {
     let db = new_database(prefix).await;
     db.exec(ddl).await;
     let dir = support::temp_dir();
@@ -129,7 +158,8 @@ fn events_mapping(index: &str) -> String {
     )
 }
 
-const EVENTS_EXPECTED: &str = "SELECT id::text, jsonb_build_object('id', id, 'name', name, 'state', state, 'deleted_at', deleted_at)::text \
+const EVENTS_EXPECTED: &str =
+    "SELECT id::text, jsonb_build_object('id', id, 'name', name, 'state', state, 'deleted_at', deleted_at)::text \
      FROM events WHERE state = 'published' AND deleted_at IS NULL";
 
 /// Inserts, updates of indexed and projected-out columns, filter moves both ways, deletes and
@@ -151,11 +181,18 @@ async fn mixed_workload(db: &TestDb, round: i32, rows: i32) {
              COMMIT;"
         ))
         .await;
-        db.exec(&format!("DELETE FROM events WHERE id % 17 = {step} AND id > {base}")).await;
+        db.exec(&format!("DELETE FROM events WHERE id % 17 = {step} AND id > {base}"))
+            .await;
     }
-    db.exec(&format!("UPDATE events SET id = id + 50000 WHERE id % 19 = 0 AND id > {base} AND id < {base} + 50000")).await;
+    db.exec(&format!(
+        "UPDATE events SET id = id + 50000 WHERE id % 19 = 0 AND id > {base} AND id < {base} + 50000"
+    ))
+    .await;
     for i in 1..=20 {
-        db.exec(&format!("UPDATE events SET name = 'single {i}' WHERE id = {base} + {i}")).await;
+        db.exec(&format!(
+            "UPDATE events SET name = 'single {i}' WHERE id = {base} + {i}"
+        ))
+        .await;
     }
 }
 
@@ -163,7 +200,15 @@ async fn mixed_workload(db: &TestDb, round: i32, rows: i32) {
 async fn after_a_mixed_workload_and_a_truncate_the_index_equals_the_table() {
     let node = node_url();
     let index = support::unique_name("mixed");
-    let s = setup("search_mixed", EVENTS_DDL, &node, "", &events_mapping(&index), &["public.events"]).await;
+    let s = setup(
+        "search_mixed",
+        EVENTS_DDL,
+        &node,
+        "",
+        &events_mapping(&index),
+        &["public.events"],
+    )
+    .await;
     let mut cdc = run(&s);
     mixed_workload(&s.db, 0, 400).await;
     assert_index_equals_table(&node, &index, &s.db, EVENTS_EXPECTED, Duration::from_secs(60)).await;
@@ -171,9 +216,17 @@ async fn after_a_mixed_workload_and_a_truncate_the_index_equals_the_table() {
     s.db.exec("TRUNCATE events").await;
     mixed_workload(&s.db, 1, 200).await;
     assert_index_equals_table(&node, &index, &s.db, EVENTS_EXPECTED, Duration::from_secs(60)).await;
-    assert!(cdc.stderr_text().contains("truncate: pointed the alias at a fresh empty index"), "the truncate is logged");
+    assert!(
+        cdc.stderr_text()
+            .contains("truncate: pointed the alias at a fresh empty index"),
+        "the truncate is logged"
+    );
     let (_, aliases) = http(reqwest::Method::GET, &format!("{node}/_alias/{index}"), None).await;
-    assert_eq!(aliases.as_object().unwrap().len(), 1, "the old index was dropped with the swap: {aliases}");
+    assert_eq!(
+        aliases.as_object().unwrap().len(),
+        1,
+        "the old index was dropped with the swap: {aliases}"
+    );
     cdc.sigterm();
 }
 
@@ -181,7 +234,15 @@ async fn after_a_mixed_workload_and_a_truncate_the_index_equals_the_table() {
 async fn the_same_without_replica_identity_full() {
     let node = node_url();
     let index = support::unique_name("mixed_default_identity");
-    let s = setup("search_default_identity", EVENTS_DDL, &node, "", &events_mapping(&index), &[]).await;
+    let s = setup(
+        "search_default_identity",
+        EVENTS_DDL,
+        &node,
+        "",
+        &events_mapping(&index),
+        &[],
+    )
+    .await;
     let mut cdc = run(&s);
     mixed_workload(&s.db, 0, 300).await;
     assert_index_equals_table(&node, &index, &s.db, EVENTS_EXPECTED, Duration::from_secs(60)).await;
@@ -193,7 +254,15 @@ async fn kill_9_during_the_load_and_a_restart_leave_the_index_equal() {
     let node = node_url();
     let index = support::unique_name("kill9");
     // Small batches, so the kill lands between requests with many positions unconfirmed.
-    let s = setup("search_kill9", EVENTS_DDL, &node, "batch_max_docs = 50", &events_mapping(&index), &["public.events"]).await;
+    let s = setup(
+        "search_kill9",
+        EVENTS_DDL,
+        &node,
+        "batch_max_docs = 50",
+        &events_mapping(&index),
+        &["public.events"],
+    )
+    .await;
     let mut first = run(&s);
     let load = {
         let url = s.db.url.clone();
@@ -221,12 +290,24 @@ async fn kill_9_during_the_load_and_a_restart_leave_the_index_equal() {
 async fn replaying_everything_from_an_older_slot_never_overwrites_newer_documents() {
     let node = node_url();
     let index = support::unique_name("replay");
-    let s = setup("search_replay", EVENTS_DDL, &node, "", &events_mapping(&index), &["public.events"]).await;
+    let s = setup(
+        "search_replay",
+        EVENTS_DDL,
+        &node,
+        "",
+        &events_mapping(&index),
+        &["public.events"],
+    )
+    .await;
     // A second slot from before the changes: running cdc on it replays all of them, stale.
     let old_slot = format!("{}_old", s.db.name);
-    s.db.exec(&format!("SELECT pg_create_logical_replication_slot('{old_slot}', 'pgoutput')")).await;
+    s.db.exec(&format!(
+        "SELECT pg_create_logical_replication_slot('{old_slot}', 'pgoutput')"
+    ))
+    .await;
     let mut cdc = run(&s);
-    s.db.exec("INSERT INTO events (id, name, state) SELECT g, 'first', 'published' FROM generate_series(1, 100) g").await;
+    s.db.exec("INSERT INTO events (id, name, state) SELECT g, 'first', 'published' FROM generate_series(1, 100) g")
+        .await;
     s.db.exec("UPDATE events SET name = 'second' WHERE id <= 50").await;
     s.db.exec("UPDATE events SET name = 'third' WHERE id <= 25").await;
     s.db.exec("DELETE FROM events WHERE id > 90").await;
@@ -243,14 +324,29 @@ async fn replaying_everything_from_an_older_slot_never_overwrites_newer_document
     let stop_at = support::format_lsn(s.db.current_wal_lsn().await);
     // The stream reports reaching a position once WAL goes past it.
     s.db.exec("CREATE TABLE unrelated (); DROP TABLE unrelated;").await;
-    let mut replay = CdcProcess::start(&["--config", replay_path.to_str().unwrap(), "run", "--stop-at", &stop_at], LOG_ENV);
-    assert!(replay.wait_exit(Duration::from_secs(60)).success(), "{}", replay.stderr_text());
+    let mut replay = CdcProcess::start(
+        &["--config", replay_path.to_str().unwrap(), "run", "--stop-at", &stop_at],
+        LOG_ENV,
+    );
+    assert!(
+        replay.wait_exit(Duration::from_secs(60)).success(),
+        "{}",
+        replay.stderr_text()
+    );
     assert_index_equals_table(&node, &index, &s.db, EVENTS_EXPECTED, Duration::from_secs(5)).await;
     let log = replay.stderr_text();
-    let stale: u64 = log.split("stale=").nth(1).and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next()).and_then(|n| n.parse().ok()).unwrap_or(0);
+    let stale: u64 = log
+        .split("stale=")
+        .nth(1)
+        .and_then(|s| s.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
     // 100 inserts, 50 + 25 updates and 10 deletes replayed; all but the newest change of each
     // row are older than what the index holds.
-    assert!(stale >= 75, "the replayed older writes were refused as stale, not applied (stale={stale}):\n{log}");
+    assert!(
+        stale >= 75,
+        "the replayed older writes were refused as stale, not applied (stale={stale}):\n{log}"
+    );
 }
 
 #[tokio::test]
@@ -259,9 +355,18 @@ async fn a_twenty_second_node_outage_loses_nothing_and_cdc_keeps_running() {
     let node_dir = support::temp_dir();
     let node = start_node(node_dir.path());
     let index = support::unique_name("outage");
-    let s = setup("search_outage", EVENTS_DDL, &node, "request_timeout = \"5s\"", &events_mapping(&index), &["public.events"]).await;
+    let s = setup(
+        "search_outage",
+        EVENTS_DDL,
+        &node,
+        "request_timeout = \"5s\"",
+        &events_mapping(&index),
+        &["public.events"],
+    )
+    .await;
     let mut cdc = run(&s);
-    s.db.exec("INSERT INTO events (id, name, state) SELECT g, 'before', 'published' FROM generate_series(1, 200) g").await;
+    s.db.exec("INSERT INTO events (id, name, state) SELECT g, 'before', 'published' FROM generate_series(1, 200) g")
+        .await;
     assert_index_equals_table(&node, &index, &s.db, EVENTS_EXPECTED, Duration::from_secs(60)).await;
 
     stop_node(node_dir.path());
@@ -278,8 +383,15 @@ async fn a_twenty_second_node_outage_loses_nothing_and_cdc_keeps_running() {
     let lsn_during = s.db.current_wal_lsn().await;
     tokio::time::sleep(Duration::from_secs(20).saturating_sub(outage.elapsed())).await;
     let confirmed = s.db.confirmed_flush_lsn(&s.db.name).await.unwrap();
-    assert!(confirmed < lsn_during, "the slot's position is held while the node is down");
-    assert!(cdc.is_running(), "cdc keeps running while the node is down:\n{}", cdc.stderr_text());
+    assert!(
+        confirmed < lsn_during,
+        "the slot's position is held while the node is down"
+    );
+    assert!(
+        cdc.is_running(),
+        "cdc keeps running while the node is down:\n{}",
+        cdc.stderr_text()
+    );
 
     let restarted = start_node(node_dir.path());
     assert_eq!(restarted, node, "the node comes back on the same address");
@@ -290,7 +402,10 @@ async fn a_twenty_second_node_outage_loses_nothing_and_cdc_keeps_running() {
     // Connection refused while down, maybe "not ready" while starting: a line per change of
     // state, not one per retry (there were dozens).
     let warnings = log.matches("retrying with backoff").count();
-    assert!((1..=4).contains(&warnings), "the outage is logged once per state, not per retry ({warnings} lines):\n{log}");
+    assert!(
+        (1..=4).contains(&warnings),
+        "the outage is logged once per state, not per retry ({warnings} lines):\n{log}"
+    );
     assert!(log.contains("recovered from"), "the recovery is logged:\n{log}");
     cdc.sigterm();
     stop_node(node_dir.path());
@@ -303,14 +418,31 @@ fn start_node(dir: &Path) -> String {
         .arg(dir)
         .output()
         .expect("running scripts/search-node.sh");
-    assert!(out.status.success(), "search-node.sh start: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "search-node.sh start: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let stdout = String::from_utf8(out.stdout).unwrap();
-    stdout.lines().find_map(|l| l.strip_prefix("export CDC_TEST_SEARCH_URL=")).expect("the script prints the URL").to_string()
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("export CDC_TEST_SEARCH_URL="))
+        .expect("the script prints the URL")
+        .to_string()
 }
 
 fn stop_node(dir: &Path) {
-    let out = std::process::Command::new("bash").arg(support::repo_root().join("scripts/search-node.sh")).arg("stop").arg(dir).output().unwrap();
-    assert!(out.status.success(), "search-node.sh stop: {}", String::from_utf8_lossy(&out.stderr));
+    let out = std::process::Command::new("bash")
+        .arg(support::repo_root().join("scripts/search-node.sh"))
+        .arg("stop")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "search-node.sh stop: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Waits until cdc stored `n` dead letters in the test's database.
@@ -322,7 +454,10 @@ async fn wait_for_dead_letters(db: &TestDb, n: i64) {
             assert_eq!(stored, n, "exactly the refused documents are dead letters");
             return;
         }
-        assert!(Instant::now() < deadline, "{stored} dead letters after 60 s, expected {n}");
+        assert!(
+            Instant::now() < deadline,
+            "{stored} dead letters after 60 s, expected {n}"
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
@@ -333,7 +468,9 @@ async fn a_refused_document_becomes_a_dead_letter_and_replays_once_the_mapping_i
     let index = support::unique_name("dead");
     // The index maps `n` as an integer: the row whose `n` is not a number is refused for itself.
     let settings = json!({"mappings": {"properties": {"n": {"type": "integer"}}}});
-    let mapping = |extra: &str| format!("[[tables]]\ntable = \"notes\"\nsinks = [\"search\"]\nindex = \"{index}\"\nsettings = \"settings.json\"\n{extra}");
+    let mapping = |extra: &str| {
+        format!("[[tables]]\ntable = \"notes\"\nsinks = [\"search\"]\nindex = \"{index}\"\nsettings = \"settings.json\"\n{extra}")
+    };
     let ddl = "CREATE TABLE notes (id int PRIMARY KEY, title text, n text);";
     let s = setup_with_settings("search_dead", ddl, &node, "", &mapping(""), &[], Some(settings)).await;
     let mut cdc = run(&s);
@@ -341,26 +478,58 @@ async fn a_refused_document_becomes_a_dead_letter_and_replays_once_the_mapping_i
     s.db.exec("INSERT INTO notes SELECT g, 't' || g, CASE WHEN g = 7 THEN 'seven' ELSE g::text END FROM generate_series(1, 50) g").await;
     let after = s.db.current_wal_lsn().await;
     wait_for_dead_letters(&s.db, 1).await;
-    s.db.wait_confirmed_flush(&s.db.name, after, Duration::from_secs(60)).await;
+    s.db.wait_confirmed_flush(&s.db.name, after, Duration::from_secs(60))
+        .await;
     let expected = "SELECT id::text, jsonb_build_object('id', id, 'title', title, 'n', n)::text FROM notes";
-    assert_index_equals_table(&node, &index, &s.db, &format!("{expected} WHERE id <> 7"), Duration::from_secs(10)).await;
+    assert_index_equals_table(
+        &node,
+        &index,
+        &s.db,
+        &format!("{expected} WHERE id <> 7"),
+        Duration::from_secs(10),
+    )
+    .await;
 
     let listed = support::stdout_of(&support::cdc(&["--config", &s.config, "dead-letters", "list"]));
     assert_eq!(listed.lines().count(), 1, "one dead letter:\n{listed}");
-    assert!(listed.contains(&index) && listed.contains("mapper_parsing_exception"), "{listed}");
+    assert!(
+        listed.contains(&index) && listed.contains("mapper_parsing_exception"),
+        "{listed}"
+    );
 
     let refused = support::cdc(&["--config", &s.config, "dead-letters", "replay", "--all"]);
     assert!(!refused.status.success(), "replaying before the fix is refused again");
-    assert!(support::stdout_of(&support::cdc(&["--config", &s.config, "dead-letters", "list"])).contains("2 attempt(s)"));
+    assert!(
+        support::stdout_of(&support::cdc(&["--config", &s.config, "dead-letters", "list"])).contains("2 attempt(s)")
+    );
 
     // The fix: cdc's mapping leaves the column out of the documents.
-    std::fs::write(&s.config, config_text(&s.db, &node, "", &mapping("exclude_columns = [\"n\"]\n"))).unwrap();
-    let replayed = support::cdc(&["--config", &s.config, "dead-letters", "replay", "--id", listed.split('\t').next().unwrap()]);
-    assert!(replayed.status.success(), "{}{}", support::stdout_of(&replayed), support::stderr_of(&replayed));
+    std::fs::write(
+        &s.config,
+        config_text(&s.db, &node, "", &mapping("exclude_columns = [\"n\"]\n")),
+    )
+    .unwrap();
+    let replayed = support::cdc(&[
+        "--config",
+        &s.config,
+        "dead-letters",
+        "replay",
+        "--id",
+        listed.split('\t').next().unwrap(),
+    ]);
+    assert!(
+        replayed.status.success(),
+        "{}{}",
+        support::stdout_of(&replayed),
+        support::stderr_of(&replayed)
+    );
     let docs = index_docs(&node, &index).await;
     assert_eq!(docs.get("7"), Some(&json!({"id": 7, "title": "t7"})));
     assert_eq!(docs.len(), 50);
-    assert_eq!(support::stdout_of(&support::cdc(&["--config", &s.config, "dead-letters", "list"])).trim(), "no dead letters");
+    assert_eq!(
+        support::stdout_of(&support::cdc(&["--config", &s.config, "dead-letters", "list"])).trim(),
+        "no dead letters"
+    );
     cdc.sigterm();
 }
 
@@ -369,20 +538,27 @@ async fn a_dead_letter_of_a_row_deleted_since_replays_as_a_delete() {
     let node = node_url();
     let index = support::unique_name("dead_deleted");
     let settings = json!({"mappings": {"properties": {"n": {"type": "integer"}}}});
-    let mapping = format!("[[tables]]\ntable = \"notes\"\nsinks = [\"search\"]\nindex = \"{index}\"\nsettings = \"settings.json\"\n");
+    let mapping = format!(
+        "[[tables]]\ntable = \"notes\"\nsinks = [\"search\"]\nindex = \"{index}\"\nsettings = \"settings.json\"\n"
+    );
     let ddl = "CREATE TABLE notes (id int PRIMARY KEY, n text);";
     let s = setup_with_settings("search_dead_deleted", ddl, &node, "", &mapping, &[], Some(settings)).await;
     let mut cdc = run(&s);
     s.db.exec("INSERT INTO notes VALUES (1, '1'), (2, 'two')").await;
     let after = s.db.current_wal_lsn().await;
     wait_for_dead_letters(&s.db, 1).await;
-    s.db.wait_confirmed_flush(&s.db.name, after, Duration::from_secs(60)).await;
+    s.db.wait_confirmed_flush(&s.db.name, after, Duration::from_secs(60))
+        .await;
     cdc.sigterm();
     // The row goes while cdc is stopped; its delete is still in the slot, but replay comes first.
     s.db.exec("DELETE FROM notes WHERE id = 2").await;
     let replayed = support::cdc(&["--config", &s.config, "dead-letters", "replay", "--all"]);
     assert!(replayed.status.success(), "{}", support::stderr_of(&replayed));
-    assert!(support::stdout_of(&replayed).contains("deleted"), "{}", support::stdout_of(&replayed));
+    assert!(
+        support::stdout_of(&replayed).contains("deleted"),
+        "{}",
+        support::stdout_of(&replayed)
+    );
     let docs = index_docs(&node, &index).await;
     assert_eq!(docs.keys().collect::<Vec<_>>(), vec!["1"]);
 }
@@ -394,18 +570,36 @@ async fn toast_keeps_text(prefix: &str, full: &[&str]) {
     let node = node_url();
     let index = support::unique_name(prefix);
     let mapping = format!("[[tables]]\ntable = \"docs\"\nsinks = [\"search\"]\nindex = \"{index}\"\n");
-    let s = setup(prefix, "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);", &node, "", &mapping, full).await;
+    let s = setup(
+        prefix,
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);",
+        &node,
+        "",
+        &mapping,
+        full,
+    )
+    .await;
     let mut cdc = run(&s);
-    s.db.exec(&format!("INSERT INTO docs SELECT g, 't', {BIG_TEXT} FROM generate_series(1, 20) g")).await;
+    s.db.exec(&format!(
+        "INSERT INTO docs SELECT g, 't', {BIG_TEXT} FROM generate_series(1, 20) g"
+    ))
+    .await;
     let expected = "SELECT id::text, jsonb_build_object('id', id, 'title', title, 'body', body)::text FROM docs";
     assert_index_equals_table(&node, &index, &s.db, expected, Duration::from_secs(60)).await;
     for round in 0..5 {
-        s.db.exec(&format!("UPDATE docs SET title = 'round {round}' WHERE id % 5 = {round} OR id = 1")).await;
+        s.db.exec(&format!(
+            "UPDATE docs SET title = 'round {round}' WHERE id % 5 = {round} OR id = 1"
+        ))
+        .await;
     }
     s.db.exec("BEGIN; UPDATE docs SET title = 'x' WHERE id = 2; DELETE FROM docs WHERE id = 3; UPDATE docs SET title = 'y' WHERE id = 4; COMMIT;").await;
     assert_index_equals_table(&node, &index, &s.db, expected, Duration::from_secs(60)).await;
     let docs = index_docs(&node, &index).await;
-    assert!(docs.values().all(|d| d["body"].as_str().is_some_and(|b| b.len() > 100_000)), "every document keeps its large text");
+    assert!(
+        docs.values()
+            .all(|d| d["body"].as_str().is_some_and(|b| b.len() > 100_000)),
+        "every document keeps its large text"
+    );
     cdc.sigterm();
 }
 
@@ -434,7 +628,8 @@ async fn composite_keys_custom_ids_and_projections_make_the_expected_documents()
     s.db.exec("INSERT INTO orders SELECT CASE WHEN g % 2 = 0 THEN 'acme' ELSE 'globex' END, g, 'slug-' || g, 'title ' || g, 'pw' FROM generate_series(1, 40) g").await;
     s.db.exec("UPDATE orders SET title = 'renamed' WHERE n % 3 = 0").await;
     s.db.exec("UPDATE orders SET n = n + 100 WHERE n % 4 = 0").await;
-    s.db.exec("UPDATE orders SET slug = slug || '-moved' WHERE n % 5 = 0").await;
+    s.db.exec("UPDATE orders SET slug = slug || '-moved' WHERE n % 5 = 0")
+        .await;
     s.db.exec("DELETE FROM orders WHERE n % 7 = 0").await;
     let by_key_sql = "SELECT tenant || ':' || n, jsonb_build_object('tenant', tenant, 'n', n, 'slug', slug, 'title', title)::text FROM orders";
     let by_slug_sql = "SELECT slug, jsonb_build_object('slug', slug, 'title', title)::text FROM orders";
@@ -457,7 +652,11 @@ async fn check_reports_the_node_and_each_alias() {
     std::fs::write(&s.config, config_text(&s.db, &unreachable, "", &events_mapping(&index))).unwrap();
     let out = support::cdc(&["--config", &s.config, "check"]);
     assert!(!out.status.success());
-    assert!(support::stdout_of(&out).contains(&format!("cannot reach {unreachable}")), "{}", support::stdout_of(&out));
+    assert!(
+        support::stdout_of(&out).contains(&format!("cannot reach {unreachable}")),
+        "{}",
+        support::stdout_of(&out)
+    );
 }
 
 /// The integ-test node has no security plugin, so this puts a gate in front of it: a small HTTP
@@ -470,10 +669,16 @@ fn gated_node(node: String, user: &str, password: &str) -> String {
     let url = format!("http://{}", std_listener.local_addr().unwrap());
     let expected = {
         use base64::Engine;
-        format!("basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}")))
+        format!(
+            "basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
     };
     std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(proxy(std_listener, node, expected));
     });
     url
@@ -498,10 +703,18 @@ async fn proxy(std_listener: std::net::TcpListener, node: String, expected: Stri
                 let Some(request_line) = head.first() else { return };
                 let mut parts = request_line.split_whitespace();
                 let (method, path) = (parts.next().unwrap().to_string(), parts.next().unwrap().to_string());
-                let header = |name: &str| head.iter().find_map(|h| h.split_once(':').filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string()));
+                let header = |name: &str| {
+                    head.iter().find_map(|h| {
+                        h.split_once(':')
+                            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                            .map(|(_, v)| v.trim().to_string())
+                    })
+                };
                 let mut body = vec![0; header("content-length").and_then(|l| l.parse().ok()).unwrap_or(0)];
                 read.read_exact(&mut body).await.unwrap();
-                let (status, answer) = if header("authorization").map(|a| a.to_lowercase()) == Some(expected.to_lowercase()) {
+                let (status, answer) = if header("authorization").map(|a| a.to_lowercase())
+                    == Some(expected.to_lowercase())
+                {
                     let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
                     let mut request = client.request(method, format!("{node}{path}")).body(body);
                     if let Some(content_type) = header("content-type") {
@@ -513,7 +726,10 @@ async fn proxy(std_listener: std::net::TcpListener, node: String, expected: Stri
                     let error = json!({"error": {"type": "security_exception", "reason": "unable to authenticate user"}, "status": 401});
                     (401, error.to_string().into_bytes())
                 };
-                let head = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", answer.len());
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                    answer.len()
+                );
                 if write.write_all(head.as_bytes()).await.is_err() || write.write_all(&answer).await.is_err() {
                     return;
                 }
@@ -527,21 +743,47 @@ async fn a_wrong_password_is_a_clear_error_retried_until_fixed() {
     let node = gated_node(node_url(), "elastic", "right");
     let index = support::unique_name("credentials");
     let wrong = "username = \"elastic\"\npassword = \"wrong\"";
-    let s = setup("search_credentials", EVENTS_DDL, &node, wrong, &events_mapping(&index), &[]).await;
+    let s = setup(
+        "search_credentials",
+        EVENTS_DDL,
+        &node,
+        wrong,
+        &events_mapping(&index),
+        &[],
+    )
+    .await;
 
     let check = support::cdc(&["--config", &s.config, "check"]);
     assert!(!check.status.success());
-    assert!(support::stdout_of(&check).contains("refused the credentials (HTTP 401)"), "{}", support::stdout_of(&check));
+    assert!(
+        support::stdout_of(&check).contains("refused the credentials (HTTP 401)"),
+        "{}",
+        support::stdout_of(&check)
+    );
 
     let mut cdc = run(&s);
-    s.db.exec("INSERT INTO events (id, name, state) SELECT g, 'n', 'published' FROM generate_series(1, 30) g").await;
+    s.db.exec("INSERT INTO events (id, name, state) SELECT g, 'n', 'published' FROM generate_series(1, 30) g")
+        .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert!(cdc.is_running(), "cdc keeps retrying:\n{}", cdc.stderr_text());
     let log = cdc.stderr_text();
-    assert_eq!(log.matches("refused the credentials").count(), 1, "said once, not per retry:\n{log}");
+    assert_eq!(
+        log.matches("refused the credentials").count(),
+        1,
+        "said once, not per retry:\n{log}"
+    );
     cdc.sigterm();
 
-    std::fs::write(&s.config, config_text(&s.db, &node, "username = \"elastic\"\npassword = \"right\"", &events_mapping(&index))).unwrap();
+    std::fs::write(
+        &s.config,
+        config_text(
+            &s.db,
+            &node,
+            "username = \"elastic\"\npassword = \"right\"",
+            &events_mapping(&index),
+        ),
+    )
+    .unwrap();
     let mut cdc = run(&s);
     assert_index_equals_table(&node_url(), &index, &s.db, EVENTS_EXPECTED, Duration::from_secs(60)).await;
     cdc.sigterm();

@@ -28,7 +28,12 @@ impl Report {
 
 /// Runs every check and prints the report; returns the exit code.
 pub async fn run(config: &Config) -> anyhow::Result<i32> {
-    println!("ok: {} is valid ({} sinks, {} table mappings)", config.path.display(), config.sinks.len(), config.tables.len());
+    println!(
+        "ok: {} is valid ({} sinks, {} table mappings)",
+        config.path.display(),
+        config.sinks.len(),
+        config.tables.len()
+    );
     let mut report = check_postgres(config).await;
     check_search_nodes(config, &mut report).await;
     for line in &report.oks {
@@ -53,8 +58,11 @@ pub async fn run(config: &Config) -> anyhow::Result<i32> {
 async fn check_search_nodes(config: &Config, r: &mut Report) {
     use crate::sinks::search::health::{self, Finding};
     for (name, sink) in &config.sinks {
-        let crate::config::SinkConfig::Elasticsearch(search) = sink else { continue };
-        let mappings: Vec<&crate::config::TableMapping> = config.tables.iter().filter(|m| m.sinks.contains(name)).collect();
+        let crate::config::SinkConfig::Elasticsearch(search) = sink else {
+            continue;
+        };
+        let mappings: Vec<&crate::config::TableMapping> =
+            config.tables.iter().filter(|m| m.sinks.contains(name)).collect();
         for finding in health::check(name, search, &mappings).await {
             match finding {
                 Finding::Ok(s) => r.ok(s),
@@ -71,7 +79,9 @@ pub async fn check_postgres(config: &Config) -> Report {
         Ok(c) => c,
         Err(e) => {
             // The error names the server already (`connection::catalog`).
-            r.problem(format!("{e:#} — check source.url, that the server runs and accepts connections from this host"));
+            r.problem(format!(
+                "{e:#} — check source.url, that the server runs and accepts connections from this host"
+            ));
             return r;
         }
     };
@@ -96,11 +106,18 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
     if can_replicate {
         r.ok(format!("role {user} may replicate"));
     } else {
-        r.problem(format!("role {user} lacks the REPLICATION attribute: ALTER ROLE {user} WITH REPLICATION;"));
+        r.problem(format!(
+            "role {user} lacks the REPLICATION attribute: ALTER ROLE {user} WITH REPLICATION;"
+        ));
     }
 
     let publication = &config.source.publication;
-    let pub_row = c.query_opt("SELECT pubviaroot FROM pg_catalog.pg_publication WHERE pubname = $1", &[publication]).await?;
+    let pub_row = c
+        .query_opt(
+            "SELECT pubviaroot FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[publication],
+        )
+        .await?;
     match &pub_row {
         None => r.problem(format!("publication {publication} does not exist: run `cdc setup`")),
         Some(row) => {
@@ -125,7 +142,9 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
             )
             .await?;
         let Some(row) = row else {
-            r.problem(format!("table {table} does not exist in the database (tables[].table); create it or fix the name"));
+            r.problem(format!(
+                "table {table} does not exist in the database (tables[].table); create it or fix the name"
+            ));
             continue;
         };
         let oid: i64 = row.get(0);
@@ -151,7 +170,10 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
             .chain(m.filter.iter().flat_map(|f| f.columns()));
         for col in named {
             if !columns.iter().any(|c| c == col) {
-                r.problem(format!("{table} has no column {col:?} (named in its [[tables]] mapping); columns are: {}", columns.join(", ")));
+                r.problem(format!(
+                    "{table} has no column {col:?} (named in its [[tables]] mapping); columns are: {}",
+                    columns.join(", ")
+                ));
             }
         }
         if !has_pk && m.key.is_none() && identity != "f" && identity != "i" {
@@ -168,9 +190,13 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
                     "{table} has a filter but not REPLICA IDENTITY FULL: an update that leaves the filter is sent as a delete even if the row was never in it; `cdc setup --replica-identity-full {table}` makes it exact"
                 ));
             }
-            r.ok(format!("{table}: updates carry `changed: null` (unknown) unless REPLICA IDENTITY FULL is set"));
+            r.ok(format!(
+                "{table}: updates carry `changed: null` (unknown) unless REPLICA IDENTITY FULL is set"
+            ));
         } else {
-            r.ok(format!("{table}: REPLICA IDENTITY FULL (updates list exactly which columns changed)"));
+            r.ok(format!(
+                "{table}: REPLICA IDENTITY FULL (updates list exactly which columns changed)"
+            ));
         }
         if pub_row.is_some() {
             let covered = c
@@ -188,16 +214,23 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
 
     let slot = &config.source.slot;
     let slot_row = c
-        .query_opt("SELECT plugin::text, active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[slot])
+        .query_opt(
+            "SELECT plugin::text, active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
         .await?;
     match slot_row {
         Some(row) => {
             let plugin: Option<String> = row.get(0);
             let active: bool = row.get(1);
             if plugin.as_deref() != Some("pgoutput") {
-                r.problem(format!("slot {slot} uses plugin {plugin:?}, cdc needs pgoutput: `cdc teardown` then `cdc setup`"));
+                r.problem(format!(
+                    "slot {slot} uses plugin {plugin:?}, cdc needs pgoutput: `cdc teardown` then `cdc setup`"
+                ));
             } else if active {
-                r.warn(format!("slot {slot} is in use by another connection (another cdc run?); only one reader can hold it"));
+                r.warn(format!(
+                    "slot {slot} is in use by another connection (another cdc run?); only one reader can hold it"
+                ));
             } else {
                 r.ok(format!("slot {slot} exists"));
             }
@@ -211,7 +244,9 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
                 .await?;
             let (max, used): (i64, i64) = (row.get(0), row.get(1));
             if used < max {
-                r.ok(format!("slot {slot} does not exist yet; `cdc setup` or `cdc run` creates it ({used} of {max} slots used)"));
+                r.ok(format!(
+                    "slot {slot} does not exist yet; `cdc setup` or `cdc run` creates it ({used} of {max} slots used)"
+                ));
             } else {
                 r.problem(format!("slot {slot} does not exist and all {max} replication slots are used: raise max_replication_slots or drop an unused slot"));
             }

@@ -47,11 +47,15 @@ pub enum DeadLettersAction {
 
 pub async fn run(config: &Config, action: DeadLettersAction) -> anyhow::Result<()> {
     let client = connection::catalog(&config.source.url).await?;
-    state::ensure_schema(&client).await.context("creating cdc's state schema")?;
+    state::ensure_schema(&client)
+        .await
+        .context("creating cdc's state schema")?;
     match action {
         DeadLettersAction::List { sink, payload } => list(&client, sink.as_deref(), payload).await,
         DeadLettersAction::Replay { id: Some(id), .. } => {
-            let letter = dead_letters::get(&client, id).await?.with_context(|| format!("there is no dead letter {id}"))?;
+            let letter = dead_letters::get(&client, id)
+                .await?
+                .with_context(|| format!("there is no dead letter {id}"))?;
             let (delivered, refused) = replay_all(config, &client, vec![letter]).await?;
             if refused > 0 || delivered == 0 {
                 bail!("dead letter {id} was not delivered");
@@ -82,7 +86,10 @@ async fn list(client: &Client, sink: Option<&str>, payload: bool) -> anyhow::Res
     }
     for l in &letters {
         let at = chrono::DateTime::<chrono::Utc>::from(l.created_at).format("%Y-%m-%dT%H:%M:%SZ");
-        println!("{}\t{}\t{}\t{}\t{} attempt(s)\t{}", l.id, l.sink, l.target, at, l.attempts, l.error);
+        println!(
+            "{}\t{}\t{}\t{}\t{} attempt(s)\t{}",
+            l.id, l.sink, l.target, at, l.attempts, l.error
+        );
         if payload {
             println!("\t{}", l.payload);
         }
@@ -95,7 +102,10 @@ async fn list(client: &Client, sink: Option<&str>, payload: bool) -> anyhow::Res
 async fn replay_all(config: &Config, client: &Client, letters: Vec<DeadLetter>) -> anyhow::Result<(usize, usize)> {
     let (mut delivered, mut refused) = (0, 0);
     for letter in letters {
-        match replay_one(config, client, &letter).await.with_context(|| format!("replaying dead letter {}", letter.id))? {
+        match replay_one(config, client, &letter)
+            .await
+            .with_context(|| format!("replaying dead letter {}", letter.id))?
+        {
             Replayed::Delivered(what) => {
                 dead_letters::delete(client, letter.id).await?;
                 println!("{}: delivered ({what})", letter.id);
@@ -112,7 +122,10 @@ async fn replay_all(config: &Config, client: &Client, letters: Vec<DeadLetter>) 
 }
 
 async fn replay_one(config: &Config, client: &Client, letter: &DeadLetter) -> anyhow::Result<Replayed> {
-    let sink = config.sinks.get(&letter.sink).with_context(|| format!("sink {} is not in {} any more", letter.sink, config.path.display()))?;
+    let sink = config
+        .sinks
+        .get(&letter.sink)
+        .with_context(|| format!("sink {} is not in {} any more", letter.sink, config.path.display()))?;
     match (letter.kind.as_str(), sink) {
         (search_letters::KIND, SinkConfig::Elasticsearch(search)) => {
             search_letters::replay(&letter.sink, search, &config.tables, client, letter).await
@@ -123,6 +136,10 @@ async fn replay_one(config: &Config, client: &Client, letter: &DeadLetter) -> an
             let outbox_id = crate::sinks::webhook::requeue(client, &letter.sink, &letter.payload).await?;
             Ok(Replayed::Delivered(format!("queued in the outbox as {outbox_id}")))
         }
-        (kind, other) => bail!("cannot replay a {kind} dead letter through sink {} of type {}", letter.sink, other.type_name()),
+        (kind, other) => bail!(
+            "cannot replay a {kind} dead letter through sink {} of type {}",
+            letter.sink,
+            other.type_name()
+        ),
     }
 }

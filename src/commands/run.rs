@@ -31,7 +31,15 @@ pub async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         config.path.display()
     );
-    let streamed = stream::run(&config.source, &mut router, &mut running, &mut checkpoint, &mut stop_rx, stop_at).await;
+    let streamed = stream::run(
+        &config.source,
+        &mut router,
+        &mut running,
+        &mut checkpoint,
+        &mut stop_rx,
+        stop_at,
+    )
+    .await;
     if let Ok(stream::Stop::Reached(lsn)) = &streamed {
         tracing::info!(%lsn, "reached the stop position");
     }

@@ -18,7 +18,10 @@ pub async fn run(config: &Config, replica_identity_full: &[String]) -> anyhow::R
     let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
 
     let existing = client
-        .query_opt("SELECT pubviaroot FROM pg_catalog.pg_publication WHERE pubname = $1", &[publication])
+        .query_opt(
+            "SELECT pubviaroot FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[publication],
+        )
         .await?;
     match existing {
         None => {
@@ -35,7 +38,10 @@ pub async fn run(config: &Config, replica_identity_full: &[String]) -> anyhow::R
             let via_root: bool = row.get(0);
             if !via_root {
                 client
-                    .batch_execute(&format!("ALTER PUBLICATION {} SET (publish_via_partition_root = true)", quote_ident(publication)))
+                    .batch_execute(&format!(
+                        "ALTER PUBLICATION {} SET (publish_via_partition_root = true)",
+                        quote_ident(publication)
+                    ))
                     .await?;
                 println!("publication {publication}: set publish_via_partition_root = true");
             }
@@ -48,7 +54,11 @@ pub async fn run(config: &Config, replica_identity_full: &[String]) -> anyhow::R
                     .await?;
                 if present.is_none() {
                     client
-                        .batch_execute(&format!("ALTER PUBLICATION {} ADD TABLE {}", quote_ident(publication), table.quoted()))
+                        .batch_execute(&format!(
+                            "ALTER PUBLICATION {} ADD TABLE {}",
+                            quote_ident(publication),
+                            table.quoted()
+                        ))
                         .await
                         .with_context(|| format!("adding {table} to publication {publication:?}"))?;
                     println!("publication {publication}: added {table}");
@@ -67,15 +77,25 @@ pub async fn run(config: &Config, replica_identity_full: &[String]) -> anyhow::R
         println!("{table}: REPLICA IDENTITY FULL (updates and deletes now carry the whole old row)");
     }
 
-    state::ensure_schema(&client).await.context("creating cdc's state schema")?;
+    state::ensure_schema(&client)
+        .await
+        .context("creating cdc's state schema")?;
 
     let slot = &config.source.slot;
-    let exists = client.query_opt("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[slot]).await?;
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[slot],
+        )
+        .await?;
     if exists.is_some() {
         println!("replication slot {slot} exists");
     } else {
         let row = client
-            .query_one("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')", &[slot])
+            .query_one(
+                "SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[slot],
+            )
             .await
             .with_context(|| format!("creating replication slot {slot:?}"))?;
         let lsn: String = row.get(0);

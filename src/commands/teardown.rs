@@ -39,7 +39,9 @@ pub async fn run(config: &Config, drop_publication: bool) -> anyhow::Result<()> 
     }
     if drop_publication {
         let publication = &config.source.publication;
-        client.batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication))).await?;
+        client
+            .batch_execute(&format!("DROP PUBLICATION IF EXISTS {}", quote_ident(publication)))
+            .await?;
         println!("dropped publication {publication}");
     }
     Ok(())

@@ -47,14 +47,25 @@ pub async fn test(config: &Config, name: &str) -> anyhow::Result<i32> {
     let latency_ms = response.latency.as_secs_f64() * 1000.0;
     match response.status {
         Some(status) => println!("{} answered {status} in {latency_ms:.1} ms", sink.url),
-        None => println!("{} did not answer: {} ({latency_ms:.1} ms)", sink.url, response.error.as_deref().unwrap_or("")),
+        None => println!(
+            "{} did not answer: {} ({latency_ms:.1} ms)",
+            sink.url,
+            response.error.as_deref().unwrap_or("")
+        ),
     }
     println!("webhook-id: {id}");
     if !response.body_start.is_empty() {
         println!("response body: {}", response.body_start.trim_end());
     }
     // The attempt history is a convenience here: a missing state schema must not fail the test.
-    let attempt = Attempt { at, batch_id: id, via: Via::Test, status: response.status.map(i32::from), latency_ms, error: response.error.clone() };
+    let attempt = Attempt {
+        at,
+        batch_id: id,
+        via: Via::Test,
+        status: response.status.map(i32::from),
+        latency_ms,
+        error: response.error.clone(),
+    };
     if let Ok(db) = connection::catalog(&config.source.url).await {
         if let Err(e) = attempts::record(&db, name, &[attempt]).await {
             tracing::debug!("the test attempt was not recorded: {e}");
@@ -66,9 +77,15 @@ pub async fn test(config: &Config, name: &str) -> anyhow::Result<i32> {
 pub async fn attempts(config: &Config, name: &str) -> anyhow::Result<()> {
     let sink = webhook_sink(config, name)?;
     let db = connection::catalog(&config.source.url).await?;
-    let waiting = outbox::len(&db, name).await.context("reading the webhook outbox (has `cdc setup` been run?)")?;
+    let waiting = outbox::len(&db, name)
+        .await
+        .context("reading the webhook outbox (has `cdc setup` been run?)")?;
     let recent = attempts::recent(&db, name, SHOWN).await?;
-    println!("{name} → {}: {waiting} batches in the outbox; last {} attempts, newest first", sink.url, recent.len());
+    println!(
+        "{name} → {}: {waiting} batches in the outbox; last {} attempts, newest first",
+        sink.url,
+        recent.len()
+    );
     for a in &recent {
         println!("{}", line(a));
     }
@@ -76,10 +93,19 @@ pub async fn attempts(config: &Config, name: &str) -> anyhow::Result<()> {
 }
 
 fn line(a: &Attempt) -> String {
-    let at_us = a.at.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_micros() as i64).unwrap_or_default();
+    let at_us =
+        a.at.duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_micros() as i64)
+            .unwrap_or_default();
     let status = a.status.map_or("---".to_string(), |s| s.to_string());
     let error = a.error.as_deref().map(|e| format!("  {e}")).unwrap_or_default();
-    format!("{}  {:<6}  {status}  {:>8.1} ms  {}{error}", format_timestamp_us(at_us), a.via.as_str(), a.latency_ms, a.batch_id)
+    format!(
+        "{}  {:<6}  {status}  {:>8.1} ms  {}{error}",
+        format_timestamp_us(at_us),
+        a.via.as_str(),
+        a.latency_ms,
+        a.batch_id
+    )
 }
 
 fn webhook_sink<'c>(config: &'c Config, name: &str) -> anyhow::Result<&'c WebhookConfig> {
@@ -87,8 +113,21 @@ fn webhook_sink<'c>(config: &'c Config, name: &str) -> anyhow::Result<&'c Webhoo
         Some(SinkConfig::Webhook(sink)) => Ok(sink),
         Some(other) => anyhow::bail!("sink {name} is a {} sink, not a webhook", other.type_name()),
         None => {
-            let hooks: Vec<&str> = config.sinks.iter().filter(|(_, s)| matches!(s, SinkConfig::Webhook(_))).map(|(n, _)| n.as_str()).collect();
-            anyhow::bail!("no sink named {name} in {}; webhook sinks: {}", config.path.display(), if hooks.is_empty() { "none".to_string() } else { hooks.join(", ") })
+            let hooks: Vec<&str> = config
+                .sinks
+                .iter()
+                .filter(|(_, s)| matches!(s, SinkConfig::Webhook(_)))
+                .map(|(n, _)| n.as_str())
+                .collect();
+            anyhow::bail!(
+                "no sink named {name} in {}; webhook sinks: {}",
+                config.path.display(),
+                if hooks.is_empty() {
+                    "none".to_string()
+                } else {
+                    hooks.join(", ")
+                }
+            )
         }
     }
 }

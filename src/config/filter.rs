@@ -83,7 +83,10 @@ impl Filter {
         let Some(table) = item.as_table_like() else {
             return Err(vec![Problem::new(
                 "",
-                format!("expected a table of conditions like {{ state = \"published\" }}, got {}", describe(item)),
+                format!(
+                    "expected a table of conditions like {{ state = \"published\" }}, got {}",
+                    describe(item)
+                ),
             )]);
         };
         if table.is_empty() {
@@ -106,13 +109,17 @@ impl Filter {
                 Item::Value(TomlValue::Array(values)) => {
                     list(values, &key, &mut problems).map(Test::In).into_iter().collect()
                 }
-                Item::Value(value) => {
-                    literal(value, &key, &mut problems).map(|l| Test::Compare(Cmp::Eq, l)).into_iter().collect()
-                }
+                Item::Value(value) => literal(value, &key, &mut problems)
+                    .map(|l| Test::Compare(Cmp::Eq, l))
+                    .into_iter()
+                    .collect(),
                 other => {
                     problems.push(Problem::new(
                         key,
-                        format!("expected a value, an array or a table of operators, got {}", describe(other)),
+                        format!(
+                            "expected a value, an array or a table of operators, got {}",
+                            describe(other)
+                        ),
                     ));
                     Vec::new()
                 }
@@ -172,7 +179,10 @@ impl Filter {
 
 fn operators(ops: &dyn toml_edit::TableLike, column: &str, problems: &mut Vec<Problem>) -> Vec<Test> {
     if ops.is_empty() {
-        problems.push(Problem::new(column, format!("has no operators; use some of: {}", OPERATORS.join(", "))));
+        problems.push(Problem::new(
+            column,
+            format!("has no operators; use some of: {}", OPERATORS.join(", ")),
+        ));
     }
     let mut tests = Vec::new();
     for (op, item) in ops.iter() {
@@ -190,8 +200,10 @@ fn operators(ops: &dyn toml_edit::TableLike, column: &str, problems: &mut Vec<Pr
             "lte" => Cmp::Lte,
             "in" | "not_in" => {
                 let Some(values) = value.as_array() else {
-                    problems
-                        .push(Problem::new(key, format!("expected an array of values, got {}", describe_value(value))));
+                    problems.push(Problem::new(
+                        key,
+                        format!("expected an array of values, got {}", describe_value(value)),
+                    ));
                     continue;
                 };
                 let in_or_not = if op == "in" { Test::In } else { Test::NotIn };
@@ -201,8 +213,10 @@ fn operators(ops: &dyn toml_edit::TableLike, column: &str, problems: &mut Vec<Pr
             "is_null" => {
                 match value.as_bool() {
                     Some(is_null) => tests.push(Test::IsNull(is_null)),
-                    None => problems
-                        .push(Problem::new(key, format!("expected true or false, got {}", describe_value(value)))),
+                    None => problems.push(Problem::new(
+                        key,
+                        format!("expected true or false, got {}", describe_value(value)),
+                    )),
                 }
                 continue;
             }
@@ -222,25 +236,37 @@ fn operators(ops: &dyn toml_edit::TableLike, column: &str, problems: &mut Vec<Pr
 
 fn list(values: &toml_edit::Array, key: &str, problems: &mut Vec<Problem>) -> Option<Vec<Literal>> {
     if values.is_empty() {
-        problems.push(Problem::new(key, "an empty list matches no row; list at least one value"));
+        problems.push(Problem::new(
+            key,
+            "an empty list matches no row; list at least one value",
+        ));
         return None;
     }
     let before = problems.len();
-    let literals: Vec<Literal> =
-        values.iter().enumerate().filter_map(|(i, value)| literal(value, &format!("{key}[{i}]"), problems)).collect();
+    let literals: Vec<Literal> = values
+        .iter()
+        .enumerate()
+        .filter_map(|(i, value)| literal(value, &format!("{key}[{i}]"), problems))
+        .collect();
     (problems.len() == before).then_some(literals)
 }
 
 fn literal(value: &TomlValue, key: &str, problems: &mut Vec<Problem>) -> Option<Literal> {
     let literal = match value {
         TomlValue::String(s) if s.value().contains('\0') => {
-            problems.push(Problem::new(key, "contains a NUL character, which Postgres text cannot hold"));
+            problems.push(Problem::new(
+                key,
+                "contains a NUL character, which Postgres text cannot hold",
+            ));
             return None;
         }
         TomlValue::String(s) => Literal::Text(s.value().clone()),
         TomlValue::Integer(i) => Literal::number(i.value().to_string()),
         TomlValue::Float(f) if !f.value().is_finite() => {
-            problems.push(Problem::new(key, "expected a finite number; nan and inf are not supported"));
+            problems.push(Problem::new(
+                key,
+                "expected a finite number; nan and inf are not supported",
+            ));
             return None;
         }
         // Display writes every finite f64 as plain decimal digits, never with an exponent.
@@ -427,10 +453,18 @@ impl Decimal {
         let leading_zeros = all.bytes().take_while(|b| *b == b'0').count();
         let digits = all[leading_zeros..].trim_end_matches('0');
         if digits.is_empty() {
-            return Some(Decimal { negative: false, digits: String::new(), exponent: 0 });
+            return Some(Decimal {
+                negative: false,
+                digits: String::new(),
+                exponent: 0,
+            });
         }
         let point = i64::try_from(int.len()).ok()? - i64::try_from(leading_zeros).ok()?;
-        Some(Decimal { negative, digits: digits.to_string(), exponent: point.checked_add(exponent)? })
+        Some(Decimal {
+            negative,
+            digits: digits.to_string(),
+            exponent: point.checked_add(exponent)?,
+        })
     }
 
     fn sign(&self) -> i8 {
@@ -454,7 +488,10 @@ impl Ord for Decimal {
         sign.cmp(&other.sign()).then_with(|| {
             // With no leading zeros, a larger exponent is a larger magnitude; with equal ones the
             // digit strings compare as the fractions they are.
-            let magnitude = self.exponent.cmp(&other.exponent).then_with(|| self.digits.cmp(&other.digits));
+            let magnitude = self
+                .exponent
+                .cmp(&other.exponent)
+                .then_with(|| self.digits.cmp(&other.digits));
             if sign < 0 {
                 magnitude.reverse()
             } else {
@@ -480,7 +517,10 @@ mod tests {
 
     fn problems(toml: &str) -> Vec<String> {
         let problems = Filter::parse(&item(toml)).expect_err("the filter should be rejected");
-        problems.into_iter().map(|p| format!("{}: {}", p.key, p.message)).collect()
+        problems
+            .into_iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect()
     }
 
     fn row(pairs: &[(&str, Value)]) -> Row {
@@ -616,8 +656,17 @@ mod tests {
         let f = filter(r#"{ state = "published", deleted_at = "null" }"#);
         assert_eq!(f.to_sql(), r#""state" = 'published' AND "deleted_at" IS NULL"#);
         assert_eq!(f.columns().collect::<Vec<_>>(), ["state", "deleted_at"]);
-        assert_eq!(f.matches(&row(&[("state", text("published")), ("deleted_at", Value::Null)])), Some(true));
-        assert_eq!(f.matches(&row(&[("state", text("published")), ("deleted_at", text("2024-01-01"))])), Some(false));
+        assert_eq!(
+            f.matches(&row(&[("state", text("published")), ("deleted_at", Value::Null)])),
+            Some(true)
+        );
+        assert_eq!(
+            f.matches(&row(&[
+                ("state", text("published")),
+                ("deleted_at", text("2024-01-01"))
+            ])),
+            Some(false)
+        );
     }
 
     #[test]
@@ -625,8 +674,14 @@ mod tests {
         let f = filter(r#"{ state = "published", body = "not null" }"#);
         let published = ("state", text("published"));
         assert_eq!(f.matches(&row(std::slice::from_ref(&published))), None);
-        assert_eq!(f.matches(&row(&[published.clone(), ("body", Value::UnchangedToast)])), None);
-        assert_eq!(f.matches(&row(&[("state", text("draft")), ("body", Value::UnchangedToast)])), Some(false));
+        assert_eq!(
+            f.matches(&row(&[published.clone(), ("body", Value::UnchangedToast)])),
+            None
+        );
+        assert_eq!(
+            f.matches(&row(&[("state", text("draft")), ("body", Value::UnchangedToast)])),
+            Some(false)
+        );
         assert_eq!(f.matches(&row(&[published, ("body", text("x"))])), Some(true));
     }
 
@@ -664,8 +719,9 @@ mod tests {
     #[test]
     fn decimals_order_like_numbers() {
         let d = |s: &str| Decimal::parse(s).unwrap();
-        let ascending =
-            ["-100", "-99.5", "-1", "-0.001", "0", "0.0009", "0.1", "0.12", "0.2", "1", "9", "10", "100.5", "1e3"];
+        let ascending = [
+            "-100", "-99.5", "-1", "-0.001", "0", "0.0009", "0.1", "0.12", "0.2", "1", "9", "10", "100.5", "1e3",
+        ];
         for pair in ascending.windows(2) {
             assert!(d(pair[0]) < d(pair[1]), "{} < {}", pair[0], pair[1]);
         }
@@ -702,10 +758,18 @@ mod tests {
         assert_eq!(on(&filter("{ c = { gt = false } }"), Value::Bool(true)), Some(true));
         assert_eq!(on(&filter("{ c = { lt = false } }"), Value::Bool(false)), Some(false));
         for spelling in ["t", "TRUE", "yes", "y", "on", "1", " tr "] {
-            assert_eq!(on(&filter(&format!("{{ c = {spelling:?} }}")), Value::Bool(true)), Some(true), "{spelling}");
+            assert_eq!(
+                on(&filter(&format!("{{ c = {spelling:?} }}")), Value::Bool(true)),
+                Some(true),
+                "{spelling}"
+            );
         }
         for spelling in ["f", "no", "off", "0", "FALSE"] {
-            assert_eq!(on(&filter(&format!("{{ c = {spelling:?} }}")), Value::Bool(false)), Some(true), "{spelling}");
+            assert_eq!(
+                on(&filter(&format!("{{ c = {spelling:?} }}")), Value::Bool(false)),
+                Some(true),
+                "{spelling}"
+            );
         }
         assert_eq!(parse_pg_bool("o"), None);
         assert_eq!(parse_pg_bool("maybe"), None);
@@ -737,12 +801,18 @@ mod tests {
 
     #[test]
     fn parse_errors_name_the_key_and_say_what_to_write() {
-        assert_eq!(problems("5"), [": expected a table of conditions like { state = \"published\" }, got an integer"]);
+        assert_eq!(
+            problems("5"),
+            [": expected a table of conditions like { state = \"published\" }, got an integer"]
+        );
         assert_eq!(
             problems("{}"),
             [": has no conditions; add one like { state = \"published\" }, or remove the filter"]
         );
-        assert_eq!(problems("{ c = { gtt = 5 } }"), ["c.gtt: unknown operator; did you mean \"gt\"?"]);
+        assert_eq!(
+            problems("{ c = { gtt = 5 } }"),
+            ["c.gtt: unknown operator; did you mean \"gt\"?"]
+        );
         assert_eq!(
             problems("{ c = { between = 5 } }"),
             ["c.between: unknown operator; use one of: eq, ne, gt, gte, lt, lte, in, not_in, is_null"]
@@ -751,17 +821,38 @@ mod tests {
             problems("{ c = {} }"),
             ["c: has no operators; use some of: eq, ne, gt, gte, lt, lte, in, not_in, is_null"]
         );
-        assert_eq!(problems("{ c = { in = 5 } }"), ["c.in: expected an array of values, got an integer"]);
+        assert_eq!(
+            problems("{ c = { in = 5 } }"),
+            ["c.in: expected an array of values, got an integer"]
+        );
         assert_eq!(
             problems("{ c = { not_in = [] } }"),
             ["c.not_in: an empty list matches no row; list at least one value"]
         );
-        assert_eq!(problems("{ c = [] }"), ["c: an empty list matches no row; list at least one value"]);
-        assert_eq!(problems("{ c = { is_null = \"yes\" } }"), ["c.is_null: expected true or false, got a string"]);
-        assert_eq!(problems("{ c = { eq = [1] } }"), ["c.eq: expected a string, number or boolean, got an array"]);
-        assert_eq!(problems("{ c = [1, [2]] }"), ["c[1]: expected a string, number or boolean, got an array"]);
-        assert_eq!(problems("{ c = nan }"), ["c: expected a finite number; nan and inf are not supported"]);
-        assert_eq!(problems("{ c = \"a\\u0000b\" }"), ["c: contains a NUL character, which Postgres text cannot hold"]);
+        assert_eq!(
+            problems("{ c = [] }"),
+            ["c: an empty list matches no row; list at least one value"]
+        );
+        assert_eq!(
+            problems("{ c = { is_null = \"yes\" } }"),
+            ["c.is_null: expected true or false, got a string"]
+        );
+        assert_eq!(
+            problems("{ c = { eq = [1] } }"),
+            ["c.eq: expected a string, number or boolean, got an array"]
+        );
+        assert_eq!(
+            problems("{ c = [1, [2]] }"),
+            ["c[1]: expected a string, number or boolean, got an array"]
+        );
+        assert_eq!(
+            problems("{ c = nan }"),
+            ["c: expected a finite number; nan and inf are not supported"]
+        );
+        assert_eq!(
+            problems("{ c = \"a\\u0000b\" }"),
+            ["c: contains a NUL character, which Postgres text cannot hold"]
+        );
     }
 
     #[test]

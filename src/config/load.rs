@@ -87,7 +87,10 @@ pub struct Problem {
 
 impl Problem {
     pub fn new(key: impl Into<String>, message: impl Into<String>) -> Problem {
-        Problem { key: key.into(), message: message.into() }
+        Problem {
+            key: key.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -153,7 +156,10 @@ pub fn load_str(text: &str, path: &Path) -> Result<Config, ConfigError> {
 
 fn load_with_env(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigError> {
     let doc = toml_edit::Document::parse(text).map_err(|e| {
-        let near = e.span().map(|s| &text[s]).filter(|s| !s.is_empty() && s.len() <= 40 && !s.contains('\n'));
+        let near = e
+            .span()
+            .map(|s| &text[s])
+            .filter(|s| !s.is_empty() && s.len() <= 40 && !s.contains('\n'));
         let message = match near {
             Some(near) => format!("{} at `{near}`", e.message()),
             None => e.message().to_string(),
@@ -168,7 +174,11 @@ fn load_with_env(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) 
         }
     })?;
     let mut root = Item::Table(doc.into_table());
-    let mut loader = Loader { text, spans: Spans::build(&root), found: Vec::new() };
+    let mut loader = Loader {
+        text,
+        spans: Spans::build(&root),
+        found: Vec::new(),
+    };
     loader.interpolate(&mut root, "", env);
     let dir = path.parent().unwrap_or(Path::new(""));
     let config = loader.config(&root, path, dir);
@@ -193,7 +203,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         if digits == 0 {
             return Err(expected());
         }
-        let number: u64 = rest[..digits].parse().map_err(|_| format!("{text:?} is too long a duration"))?;
+        let number: u64 = rest[..digits]
+            .parse()
+            .map_err(|_| format!("{text:?} is too long a duration"))?;
         let unit = &rest[digits..digits + units];
         let millis_per_unit: u64 = match unit {
             "ms" => 1,
@@ -209,7 +221,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             "" => return Err(expected()),
             _ => return Err(format!("unknown unit {unit:?} in {text:?}; use ms, s, m, h or d")),
         };
-        let millis = number.checked_mul(millis_per_unit).ok_or_else(|| format!("{text:?} is too long a duration"))?;
+        let millis = number
+            .checked_mul(millis_per_unit)
+            .ok_or_else(|| format!("{text:?} is too long a duration"))?;
         total = total
             .checked_add(Duration::from_millis(millis))
             .ok_or_else(|| format!("{text:?} is too long a duration"))?;
@@ -236,8 +250,18 @@ pub fn deserialize_duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -
 
 const TOP_KEYS: &[&str] = &["source", "sinks", "tables"];
 const SOURCE_KEYS: &[&str] = &["url", "slot", "publication", "status_interval"];
-const TABLE_KEYS: &[&str] =
-    &["table", "sinks", "columns", "exclude_columns", "ops", "key", "filter", "index", "id", "settings"];
+const TABLE_KEYS: &[&str] = &[
+    "table",
+    "sinks",
+    "columns",
+    "exclude_columns",
+    "ops",
+    "key",
+    "filter",
+    "index",
+    "id",
+    "settings",
+];
 
 /// Walks the document, collecting problems as it goes. A part with a problem yields None so the
 /// walk goes on to find the rest; the config is only returned when nothing was found.
@@ -256,7 +280,11 @@ struct Found {
 
 impl Loader<'_> {
     fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
-        self.found.push(Found { key: key.into(), at: None, message: message.into() });
+        self.found.push(Found {
+            key: key.into(),
+            at: None,
+            message: message.into(),
+        });
     }
 
     fn into_error(self, path: &Path) -> ConfigError {
@@ -265,11 +293,18 @@ impl Loader<'_> {
             .into_iter()
             .map(|f| {
                 let at = f.at.or_else(|| self.spans.offset(&f.key));
-                ConfigProblem { line: at.map(|at| line_of(self.text, at)), key: f.key, message: f.message }
+                ConfigProblem {
+                    line: at.map(|at| line_of(self.text, at)),
+                    key: f.key,
+                    message: f.message,
+                }
             })
             .collect();
         problems.sort_by_key(|p| p.line);
-        ConfigError { path: path.to_path_buf(), problems }
+        ConfigError {
+            path: path.to_path_buf(),
+            problems,
+        }
     }
 
     fn interpolate(&mut self, item: &mut Item, path: &str, env: &dyn Fn(&str) -> Option<String>) {
@@ -332,7 +367,12 @@ impl Loader<'_> {
                 }
             }
         }
-        Some(Config { path: path.to_path_buf(), source: source?, sinks: sinks?, tables: tables? })
+        Some(Config {
+            path: path.to_path_buf(),
+            source: source?,
+            sinks: sinks?,
+            tables: tables?,
+        })
     }
 
     fn source(&mut self, item: Option<&Item>) -> Option<SourceConfig> {
@@ -358,8 +398,10 @@ impl Loader<'_> {
         let slot = match table.get("slot") {
             None => Some("cdc".to_string()),
             Some(slot) => self.non_empty_string(slot, "source.slot").filter(|slot| {
-                let valid =
-                    slot.len() <= 63 && slot.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                let valid = slot.len() <= 63
+                    && slot
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
                 if !valid {
                     self.problem(
                         "source.slot",
@@ -382,7 +424,12 @@ impl Loader<'_> {
                 !d.is_zero()
             }),
         };
-        Some(SourceConfig { url: url?, slot: slot?, publication: publication?, status_interval: status_interval? })
+        Some(SourceConfig {
+            url: url?,
+            slot: slot?,
+            publication: publication?,
+            status_interval: status_interval?,
+        })
     }
 
     /// Returns the names of all `[sinks.*]` tables, even those with problems (so that tables
@@ -393,7 +440,9 @@ impl Loader<'_> {
             self.problem("sinks", format!("missing; {example}"));
             return (Vec::new(), None);
         };
-        let Some(table) = self.table_like(item, "sinks") else { return (Vec::new(), None) };
+        let Some(table) = self.table_like(item, "sinks") else {
+            return (Vec::new(), None);
+        };
         if table.is_empty() {
             self.problem("sinks", format!("no sinks defined; {example}"));
         }
@@ -418,7 +467,11 @@ impl Loader<'_> {
             _ => {
                 self.problem(
                     path,
-                    format!("expected a table with type = \"...\" (one of: {}), got {}", known_kinds(), describe(item)),
+                    format!(
+                        "expected a table with type = \"...\" (one of: {}), got {}",
+                        known_kinds(),
+                        describe(item)
+                    ),
                 );
                 return None;
             }
@@ -426,7 +479,10 @@ impl Loader<'_> {
         let type_path = join(path, "type");
         let kind = match table.remove("type") {
             None => {
-                self.problem(type_path, format!("missing; set it to the sink kind, one of: {}", known_kinds()));
+                self.problem(
+                    type_path,
+                    format!("missing; set it to the sink kind, one of: {}", known_kinds()),
+                );
                 return None;
             }
             Some(kind) => match kind.as_str() {
@@ -450,10 +506,18 @@ impl Loader<'_> {
                 Some(close) => format!("did you mean {close:?}? "),
                 None => String::new(),
             };
-            self.problem(type_path, format!("unknown sink type {kind:?}; {hint}known types: {}", known_kinds()));
+            self.problem(
+                type_path,
+                format!("unknown sink type {kind:?}; {hint}known types: {}", known_kinds()),
+            );
             return None;
         };
-        parse(&mut SinkTable { loader: self, path, table, dir })
+        parse(&mut SinkTable {
+            loader: self,
+            path,
+            table,
+            dir,
+        })
     }
 
     fn tables(&mut self, item: Option<&Item>, sink_names: &[String], dir: &Path) -> Option<Vec<TableMapping>> {
@@ -464,11 +528,16 @@ impl Loader<'_> {
                 return None;
             }
             Some(Item::ArrayOfTables(tables)) => tables.iter().map(|t| t as &dyn TableLike).collect(),
-            Some(Item::Value(TomlValue::Array(array))) if array.iter().all(|v| v.is_inline_table()) => {
-                array.iter().filter_map(|v| v.as_inline_table()).map(|t| t as &dyn TableLike).collect()
-            }
+            Some(Item::Value(TomlValue::Array(array))) if array.iter().all(|v| v.is_inline_table()) => array
+                .iter()
+                .filter_map(|v| v.as_inline_table())
+                .map(|t| t as &dyn TableLike)
+                .collect(),
             Some(other) => {
-                self.problem("tables", format!("expected [[tables]] entries, got {}", describe(other)));
+                self.problem(
+                    "tables",
+                    format!("expected [[tables]] entries, got {}", describe(other)),
+                );
                 return None;
             }
         };
@@ -498,14 +567,20 @@ impl Loader<'_> {
         let key = |name: &str| join(path, name);
         let table = match entry.get("table") {
             None => {
-                self.problem(key("table"), "missing; set it to the table to follow, like \"public.items\"");
+                self.problem(
+                    key("table"),
+                    "missing; set it to the table to follow, like \"public.items\"",
+                );
                 None
             }
             Some(item) => self.table_name(item, &key("table")),
         };
         let sinks = match entry.get("sinks") {
             None => {
-                self.problem(key("sinks"), "missing; list the sinks this table's events go to, like [\"out\"]");
+                self.problem(
+                    key("sinks"),
+                    "missing; list the sinks this table's events go to, like [\"out\"]",
+                );
                 None
             }
             Some(item) => self.sink_refs(item, &key("sinks"), sink_names),
@@ -563,7 +638,9 @@ impl Loader<'_> {
         );
         let settings = match entry.get("settings") {
             None => Some(None),
-            Some(item) => self.non_empty_string(item, &key("settings")).map(|file| Some(dir.join(file))),
+            Some(item) => self
+                .non_empty_string(item, &key("settings"))
+                .map(|file| Some(dir.join(file))),
         };
         Some(TableMapping {
             table: table?,
@@ -603,7 +680,11 @@ impl Loader<'_> {
                 let hint = match suggest(name, &defined) {
                     Some(close) => format!("did you mean {close:?}?"),
                     None if defined.is_empty() => format!("define it as [sinks.{}]", quote_key(name)),
-                    None => format!("define it as [sinks.{}], or use one of: {}", quote_key(name), defined.join(", ")),
+                    None => format!(
+                        "define it as [sinks.{}], or use one of: {}",
+                        quote_key(name),
+                        defined.join(", ")
+                    ),
                 };
                 self.problem(format!("{path}[{i}]"), format!("no sink named {name:?}; {hint}"));
             }
@@ -663,7 +744,10 @@ impl Loader<'_> {
                 Some(s) => format!("; write [{s:?}]"),
                 None => String::new(),
             };
-            self.problem(path, format!("expected an array of {what}s, got {}{hint}", describe(item)));
+            self.problem(
+                path,
+                format!("expected an array of {what}s, got {}{hint}", describe(item)),
+            );
             return None;
         };
         let mut names: Vec<String> = Vec::new();
@@ -671,7 +755,10 @@ impl Loader<'_> {
         for (i, value) in array.iter().enumerate() {
             let at = format!("{path}[{i}]");
             match value.as_str() {
-                None => self.problem(at, format!("expected a {what} (a string), got {}", describe_value(value))),
+                None => self.problem(
+                    at,
+                    format!("expected a {what} (a string), got {}", describe_value(value)),
+                ),
                 Some("") => self.problem(at, format!("an empty string is not a {what}")),
                 Some(name) if names.iter().any(|n| n == name) => self.problem(at, format!("{name:?} is listed twice")),
                 Some(name) => {
@@ -712,7 +799,10 @@ impl Loader<'_> {
                 Some(n) => format!("; write it with a unit, like \"{n}s\""),
                 None => String::new(),
             };
-            self.problem(path, format!("expected a duration like \"10s\", got {}{hint}", describe(item)));
+            self.problem(
+                path,
+                format!("expected a duration like \"10s\", got {}{hint}", describe(item)),
+            );
             return None;
         };
         parse_duration(text).map_err(|message| self.problem(path, message)).ok()
@@ -730,8 +820,10 @@ impl Loader<'_> {
     /// wording turned into the loader's.
     fn serde_problem(&mut self, sink_path: &str, error: &toml_edit::de::Error) {
         let span = error.span();
-        let at_path =
-            span.as_ref().and_then(|s| self.spans.path_at(s, sink_path)).unwrap_or_else(|| sink_path.to_string());
+        let at_path = span
+            .as_ref()
+            .and_then(|s| self.spans.path_at(s, sink_path))
+            .unwrap_or_else(|| sink_path.to_string());
         let message = error.message();
         let (key, message) = if let Some(field) = between(message, "missing field `", "`") {
             (join(&at_path, field), "missing; this sink type requires it".to_string())
@@ -757,11 +849,22 @@ impl Loader<'_> {
             .or_else(|| message.strip_prefix("invalid value: "))
             .and_then(|rest| rest.split_once(", expected "))
         {
-            (at_path, format!("expected {}, got {}", friendly_expected(expected), friendly_unexpected(got)))
+            (
+                at_path,
+                format!(
+                    "expected {}, got {}",
+                    friendly_expected(expected),
+                    friendly_unexpected(got)
+                ),
+            )
         } else {
             (at_path, message.to_string())
         };
-        self.found.push(Found { key, at: span.map(|s| s.start), message });
+        self.found.push(Found {
+            key,
+            at: span.map(|s| s.start),
+            message,
+        });
     }
 }
 
@@ -821,7 +924,11 @@ impl Spans {
             Item::ArrayOfTables(tables) => {
                 for (i, table) in tables.iter().enumerate() {
                     let child = format!("{path}[{i}]");
-                    entries.push(SpanEntry { path: child.clone(), key: None, value: table.span() });
+                    entries.push(SpanEntry {
+                        path: child.clone(),
+                        key: None,
+                        value: table.span(),
+                    });
                     Spans::walk_table(table, &child, entries);
                 }
             }
@@ -835,7 +942,11 @@ impl Spans {
             TomlValue::Array(array) => {
                 for (i, value) in array.iter().enumerate() {
                     let child = format!("{path}[{i}]");
-                    entries.push(SpanEntry { path: child.clone(), key: None, value: value.span() });
+                    entries.push(SpanEntry {
+                        path: child.clone(),
+                        key: None,
+                        value: value.span(),
+                    });
                     Spans::walk_value(value, &child, entries);
                 }
             }
@@ -847,7 +958,11 @@ impl Spans {
         for (key, item) in table.iter() {
             let child = join(path, key);
             let key_span = table.key(key).and_then(|k| k.span());
-            entries.push(SpanEntry { path: child.clone(), key: key_span, value: item.span() });
+            entries.push(SpanEntry {
+                path: child.clone(),
+                key: key_span,
+                value: item.span(),
+            });
             Spans::walk(item, &child, entries);
         }
     }
@@ -889,7 +1004,11 @@ fn is_within(path: &str, ancestor: &str) -> bool {
 }
 
 fn line_of(text: &str, offset: usize) -> usize {
-    text.as_bytes()[..offset.min(text.len())].iter().filter(|b| **b == b'\n').count() + 1
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|b| **b == b'\n')
+        .count()
+        + 1
 }
 
 /// Expands `${VAR}` and `${VAR:-default}`; returns every problem, not just the first.
@@ -915,7 +1034,10 @@ fn expand(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, Ve
                 Some((name, default)) => (name, Some(default)),
                 None => (reference, None),
             };
-            let valid_name = name.bytes().next().is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
+            let valid_name = name
+                .bytes()
+                .next()
+                .is_some_and(|b| b.is_ascii_alphabetic() || b == b'_')
                 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !valid_name {
                 problems.push(format!(
@@ -1098,7 +1220,9 @@ settings = "search/items.json"
     }
 
     fn errors(text: &str) -> String {
-        load_with(text, &[]).expect_err("the config should be rejected").to_string()
+        load_with(text, &[])
+            .expect_err("the config should be rejected")
+            .to_string()
     }
 
     /// The minimal config with `extra` appended to its `[[tables]]` entry.
@@ -1124,11 +1248,17 @@ settings = "search/items.json"
         let t = &config.tables[0];
         assert_eq!(t.table, TableName::parse("public.items"));
         assert_eq!(t.sinks, ["out"]);
-        assert_eq!(t.columns.as_deref(), Some(&["id".to_string(), "title".into(), "price".into()][..]));
+        assert_eq!(
+            t.columns.as_deref(),
+            Some(&["id".to_string(), "title".into(), "price".into()][..])
+        );
         assert!(t.exclude_columns.is_empty());
         assert_eq!(t.ops, [Op::Create, Op::Update, Op::Delete]);
         assert_eq!(t.key.as_deref(), Some(&["id".to_string()][..]));
-        assert_eq!(t.filter.as_ref().unwrap().to_sql(), "\"state\" = 'published' AND \"deleted_at\" IS NULL");
+        assert_eq!(
+            t.filter.as_ref().unwrap().to_sql(),
+            "\"state\" = 'published' AND \"deleted_at\" IS NULL"
+        );
         assert_eq!(t.index.as_deref(), Some("items"));
         assert_eq!(t.id.as_deref(), Some(&["id".to_string()][..]));
         assert_eq!(t.settings.as_deref(), Some(Path::new("/etc/cdc/search/items.json")));
@@ -1140,7 +1270,10 @@ settings = "search/items.json"
         assert_eq!(config.source.slot, "cdc");
         assert_eq!(config.source.publication, "cdc");
         assert_eq!(config.source.status_interval, Duration::from_secs(1));
-        assert_eq!(config.tables, [TableMapping::new(TableName::parse("public.items"), vec!["out".into()])]);
+        assert_eq!(
+            config.tables,
+            [TableMapping::new(TableName::parse("public.items"), vec!["out".into()])]
+        );
     }
 
     #[test]
@@ -1152,20 +1285,31 @@ settings = "search/items.json"
         assert_eq!(load(&path).unwrap().tables.len(), 1);
         std::fs::remove_dir_all(&dir).unwrap();
         let message = load(&path).unwrap_err().to_string();
-        assert!(message.starts_with(&format!("{}: cannot read the config file: ", path.display())), "{message}");
+        assert!(
+            message.starts_with(&format!("{}: cannot read the config file: ", path.display())),
+            "{message}"
+        );
     }
 
     #[test]
     fn tables_may_also_be_an_inline_array_and_sinks_inline_tables() {
         let text = "source = { url = \"postgres://x/y\" }\nsinks = { out = { type = \"stdout\" } }\ntables = [{ table = \"a.b\", sinks = [\"out\"] }]\n";
         let config = load_with(text, &[]).unwrap();
-        assert_eq!(config.tables[0].table, TableName { schema: "a".into(), name: "b".into() });
+        assert_eq!(
+            config.tables[0].table,
+            TableName {
+                schema: "a".into(),
+                name: "b".into()
+            }
+        );
     }
 
     #[test]
     fn environment_variables_are_expanded_in_string_values() {
-        let text =
-            MINIMAL.replace("postgres://localhost/app", "postgres://${USER}:${PASS:-none}@${HOST:-localhost}/app");
+        let text = MINIMAL.replace(
+            "postgres://localhost/app",
+            "postgres://${USER}:${PASS:-none}@${HOST:-localhost}/app",
+        );
         let config = load_with(&text, &[("USER", "cdc"), ("HOST", "db")]).unwrap();
         assert_eq!(config.source.url, "postgres://cdc:none@db/app");
     }
@@ -1194,7 +1338,10 @@ settings = "search/items.json"
 
     #[test]
     fn a_missing_variable_is_named_with_its_file_line_and_key() {
-        let text = MINIMAL.replace("postgres://localhost/app", "postgres://${PG_USER}:${PG_PASSWORD}@localhost/app");
+        let text = MINIMAL.replace(
+            "postgres://localhost/app",
+            "postgres://${PG_USER}:${PG_PASSWORD}@localhost/app",
+        );
         assert_eq!(
             load_with(&text, &[("PG_USER", "cdc")]).unwrap_err().to_string(),
             "/etc/cdc/cdc.toml:2: source.url: environment variable PG_PASSWORD is not set; set it, or give a default with ${PG_PASSWORD:-default}"
@@ -1227,13 +1374,19 @@ settings = "search/items.json"
 
     #[test]
     fn toml_syntax_errors_give_file_and_line() {
-        assert_eq!(errors("[source]\nurl = \"x\"\nurl = \"y\"\n"), "/etc/cdc/cdc.toml:3: duplicate key at `url`");
+        assert_eq!(
+            errors("[source]\nurl = \"x\"\nurl = \"y\"\n"),
+            "/etc/cdc/cdc.toml:3: duplicate key at `url`"
+        );
     }
 
     #[test]
     fn unknown_keys_suggest_the_closest_known_key() {
         let text = MINIMAL.replace("[source]\n", "[source]\nslott = \"x\"\n");
-        assert_eq!(errors(&text), "/etc/cdc/cdc.toml:2: source.slott: unknown key; did you mean \"slot\"?");
+        assert_eq!(
+            errors(&text),
+            "/etc/cdc/cdc.toml:2: source.slott: unknown key; did you mean \"slot\"?"
+        );
         let text = with_table_keys("colums = [\"id\"]\nfrobnicate = 1");
         assert_eq!(
             errors(&text),
@@ -1267,7 +1420,9 @@ settings = "search/items.json"
              /etc/cdc/cdc.toml: sinks: missing; add one, like [sinks.out] with type = \"stdout\"\n\
              /etc/cdc/cdc.toml: tables: no [[tables]] entries; add one with table = \"schema.table\" and sinks = [\"<sink name>\"]"
         );
-        let text = MINIMAL.replace("url = \"postgres://localhost/app\"\n", "").replace("table = \"items\"\n", "");
+        let text = MINIMAL
+            .replace("url = \"postgres://localhost/app\"\n", "")
+            .replace("table = \"items\"\n", "");
         assert_eq!(
             errors(&text),
             "/etc/cdc/cdc.toml:1: source.url: missing; set it to the database URL, like \"postgres://user:password@host:5432/dbname\"\n\
@@ -1277,8 +1432,10 @@ settings = "search/items.json"
 
     #[test]
     fn source_values_are_checked() {
-        let text = MINIMAL
-            .replace("[source]\n", "[source]\nslot = \"My-Slot\"\npublication = \"\"\nstatus_interval = \"0s\"\n");
+        let text = MINIMAL.replace(
+            "[source]\n",
+            "[source]\nslot = \"My-Slot\"\npublication = \"\"\nstatus_interval = \"0s\"\n",
+        );
         assert_eq!(
             errors(&text),
             "/etc/cdc/cdc.toml:2: source.slot: \"My-Slot\" is not a valid slot name; use at most 63 lower case letters, digits and _\n\
@@ -1304,9 +1461,15 @@ settings = "search/items.json"
             parse_duration("5"),
             Err("\"5\" has no unit; write \"5s\" for seconds or \"5ms\" for milliseconds".into())
         );
-        assert_eq!(parse_duration("5sec"), Err("unknown unit \"sec\" in \"5sec\"; use ms, s, m, h or d".into()));
-        let expected =
-            |s: &str| Err(format!("expected a duration like \"500ms\", \"10s\", \"2m\" or \"1h\", got {s:?}"));
+        assert_eq!(
+            parse_duration("5sec"),
+            Err("unknown unit \"sec\" in \"5sec\"; use ms, s, m, h or d".into())
+        );
+        let expected = |s: &str| {
+            Err(format!(
+                "expected a duration like \"500ms\", \"10s\", \"2m\" or \"1h\", got {s:?}"
+            ))
+        };
         assert_eq!(parse_duration(""), expected(""));
         assert_eq!(parse_duration("s"), expected("s"));
         assert_eq!(parse_duration("1.5s"), expected("1.5s"));
@@ -1315,7 +1478,10 @@ settings = "search/items.json"
             parse_duration("99999999999999999999d"),
             Err("\"99999999999999999999d\" is too long a duration".into())
         );
-        assert_eq!(parse_duration("999999999999999d"), Err("\"999999999999999d\" is too long a duration".into()));
+        assert_eq!(
+            parse_duration("999999999999999d"),
+            Err("\"999999999999999d\" is too long a duration".into())
+        );
     }
 
     #[test]
@@ -1328,7 +1494,10 @@ settings = "search/items.json"
         let ok: Settings = toml_edit::de::from_str("flush = \"250ms\"").unwrap();
         assert_eq!(ok.flush, Duration::from_millis(250));
         let err = toml_edit::de::from_str::<Settings>("flush = \"soon\"").err().unwrap();
-        assert_eq!(err.message(), "expected a duration like \"500ms\", \"10s\", \"2m\" or \"1h\", got \"soon\"");
+        assert_eq!(
+            err.message(),
+            "expected a duration like \"500ms\", \"10s\", \"2m\" or \"1h\", got \"soon\""
+        );
         let err = toml_edit::de::from_str::<Settings>("flush = 5").err().unwrap();
         assert_eq!(
             err.message(),
@@ -1421,11 +1590,16 @@ settings = "search/items.json"
         fn validate(&mut self, config_dir: &Path) -> Vec<Problem> {
             let mut problems = Vec::new();
             if self.batch_size < 1 {
-                problems
-                    .push(Problem::new("batch_size", format!("expected a positive integer, got {}", self.batch_size)));
+                problems.push(Problem::new(
+                    "batch_size",
+                    format!("expected a positive integer, got {}", self.batch_size),
+                ));
             }
             if self.auth.as_ref().is_some_and(|a| a.token.is_empty()) {
-                problems.push(Problem::new("auth.token", format!("is empty (config folder {})", config_dir.display())));
+                problems.push(Problem::new(
+                    "auth.token",
+                    format!("is empty (config folder {})", config_dir.display()),
+                ));
             }
             problems
         }
@@ -1434,11 +1608,20 @@ settings = "search/items.json"
     fn test_sink(sink: &str) -> String {
         let text = format!("[sinks.search]\n{sink}\n");
         let mut root = Item::Table(toml_edit::Document::parse(text.as_str()).unwrap().into_table());
-        let mut loader = Loader { text: &text, spans: Spans::build(&root), found: Vec::new() };
+        let mut loader = Loader {
+            text: &text,
+            spans: Spans::build(&root),
+            found: Vec::new(),
+        };
         loader.interpolate(&mut root, "", &|_| Some("from-env".into()));
         let table = root["sinks"]["search"].as_table().unwrap().clone();
-        let settings = SinkTable { loader: &mut loader, path: "sinks.search", table, dir: Path::new("/etc/cdc") }
-            .settings::<TestSettings>();
+        let settings = SinkTable {
+            loader: &mut loader,
+            path: "sinks.search",
+            table,
+            dir: Path::new("/etc/cdc"),
+        }
+        .settings::<TestSettings>();
         match settings {
             Some(settings) => format!("{settings:?}"),
             None => loader.into_error(Path::new("cdc.toml")).to_string(),
@@ -1472,7 +1655,10 @@ settings = "search/items.json"
             test_sink("url = \"u\""),
             "cdc.toml:1: sinks.search.batch_size: missing; this sink type requires it"
         );
-        assert_eq!(test_sink("url = 1\nbatch_size = 5"), "cdc.toml:2: sinks.search.url: expected a string, got 1");
+        assert_eq!(
+            test_sink("url = 1\nbatch_size = 5"),
+            "cdc.toml:2: sinks.search.url: expected a string, got 1"
+        );
         assert_eq!(
             test_sink("url = \"u\"\nbatch_size = 1.5"),
             "cdc.toml:3: sinks.search.batch_size: expected an integer, got 1.5"
@@ -1494,7 +1680,10 @@ settings = "search/items.json"
     #[test]
     fn every_table_must_name_defined_sinks() {
         let text = MINIMAL.replace("sinks = [\"out\"]", "sinks = [\"otu\", \"elsewhere\", \"otu\"]");
-        assert_eq!(errors(&text), "/etc/cdc/cdc.toml:9: tables[0].sinks[2]: \"otu\" is listed twice");
+        assert_eq!(
+            errors(&text),
+            "/etc/cdc/cdc.toml:9: tables[0].sinks[2]: \"otu\" is listed twice"
+        );
         let text = MINIMAL.replace("sinks = [\"out\"]", "sinks = [\"otu\", \"elsewhere\"]");
         assert_eq!(
             errors(&text),
@@ -1588,7 +1777,10 @@ settings = "search/items.json"
     #[test]
     fn settings_paths_are_relative_to_the_config_folder() {
         let text = with_table_keys("settings = \"/abs/items.json\"");
-        assert_eq!(load_with(&text, &[]).unwrap().tables[0].settings.as_deref(), Some(Path::new("/abs/items.json")));
+        assert_eq!(
+            load_with(&text, &[]).unwrap().tables[0].settings.as_deref(),
+            Some(Path::new("/abs/items.json"))
+        );
         let text = with_table_keys("settings = \"items.json\"");
         let config = load_str(&text, Path::new("cdc.toml")).unwrap();
         assert_eq!(config.tables[0].settings.as_deref(), Some(Path::new("items.json")));

@@ -27,7 +27,10 @@ use crate::event::{Event, Lsn};
 pub enum SinkMsg {
     /// An event projected for `mapping`. The same `Arc<Event>` goes to every sink of the mapping,
     /// so its JSON is serialized once.
-    Event { event: Arc<Event>, mapping: Arc<TableMapping> },
+    Event {
+        event: Arc<Event>,
+        mapping: Arc<TableMapping>,
+    },
     /// The transaction with this commit LSN ended; `end_lsn` is what the sink acknowledges.
     Commit { commit_lsn: Lsn, end_lsn: Lsn },
 }
@@ -87,8 +90,20 @@ pub fn spawn_all(
         let ack = checkpoint.register();
         let task = match sink {
             SinkConfig::Stdout(cfg) => tokio::spawn(stdout::run(cfg.clone(), rx, ack)),
-            SinkConfig::Webhook(cfg) => tokio::spawn(webhook::run(name.clone(), cfg.clone(), config.source.url.clone(), rx, ack)),
-            SinkConfig::Elasticsearch(cfg) => tokio::spawn(search::run(name.clone(), cfg.clone(), config.source.url.clone(), rx, ack)),
+            SinkConfig::Webhook(cfg) => tokio::spawn(webhook::run(
+                name.clone(),
+                cfg.clone(),
+                config.source.url.clone(),
+                rx,
+                ack,
+            )),
+            SinkConfig::Elasticsearch(cfg) => tokio::spawn(search::run(
+                name.clone(),
+                cfg.clone(),
+                config.source.url.clone(),
+                rx,
+                ack,
+            )),
         };
         senders.push((name.clone(), tx));
         tasks.push((name.clone(), task));

@@ -16,7 +16,15 @@ pub fn pg_time_to_unix_us(pg_us: i64) -> i64 {
 
 pub fn insert(rel: &Relation, new: &TupleData<'_>, pos: Position) -> Event {
     let new = to_row(rel, new);
-    Event::new(Op::Create, rel.table.clone(), rel.key_of(&new), None, Some(new), None, pos)
+    Event::new(
+        Op::Create,
+        rel.table.clone(),
+        rel.key_of(&new),
+        None,
+        Some(new),
+        None,
+        pos,
+    )
 }
 
 /// An update. With the whole old row (REPLICA IDENTITY FULL), `changed` is exact and unchanged
@@ -25,7 +33,10 @@ pub fn insert(rel: &Relation, new: &TupleData<'_>, pos: Position) -> Event {
 pub fn update(rel: &Relation, old: Option<&OldTuple<'_>>, new: &TupleData<'_>, pos: Position) -> Event {
     let mut new = to_row(rel, new);
     let (old, changed) = match old {
-        Some(OldTuple { kind: OldKind::Full, tuple }) => {
+        Some(OldTuple {
+            kind: OldKind::Full,
+            tuple,
+        }) => {
             let old = to_row(rel, tuple);
             let mut changed = Vec::new();
             for ((name, new_value), (_, old_value)) in new.0.iter_mut().zip(old.0.iter()) {
@@ -39,7 +50,10 @@ pub fn update(rel: &Relation, old: Option<&OldTuple<'_>>, new: &TupleData<'_>, p
             }
             (Some(old), Some(changed))
         }
-        Some(OldTuple { kind: OldKind::Key, tuple }) => (Some(key_columns(rel, &to_row(rel, tuple))), None),
+        Some(OldTuple {
+            kind: OldKind::Key,
+            tuple,
+        }) => (Some(key_columns(rel, &to_row(rel, tuple))), None),
         None => (None, None),
     };
     let key = match &old {
@@ -69,7 +83,12 @@ pub fn truncate(rel: &Relation, flags: TruncateFlags, pos: Position) -> Event {
 fn key_columns(rel: &Relation, row: &Row) -> Row {
     match rel.key_of(row) {
         Some(key) => key,
-        None => Row(row.0.iter().filter(|(_, v)| !matches!(v, Value::Null)).cloned().collect()),
+        None => Row(row
+            .0
+            .iter()
+            .filter(|(_, v)| !matches!(v, Value::Null))
+            .cloned()
+            .collect()),
     }
 }
 

@@ -24,31 +24,53 @@ pub struct Target {
 
 impl Target {
     pub fn parse(url: &str) -> anyhow::Result<Target> {
-        let cfg: tokio_postgres::Config = url.parse().context("source.url is not a valid Postgres connection URL")?;
+        let cfg: tokio_postgres::Config = url
+            .parse()
+            .context("source.url is not a valid Postgres connection URL")?;
         let host = match cfg.get_hosts().first() {
             Some(Host::Tcp(h)) => h.clone(),
             Some(Host::Unix(p)) => p.display().to_string(),
             None => "127.0.0.1".to_string(),
         };
         let port = cfg.get_ports().first().copied().unwrap_or(5432);
-        let user = cfg.get_user().map(str::to_string).unwrap_or_else(|| "postgres".to_string());
-        let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned()).unwrap_or_default();
+        let user = cfg
+            .get_user()
+            .map(str::to_string)
+            .unwrap_or_else(|| "postgres".to_string());
+        let password = cfg
+            .get_password()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .unwrap_or_default();
         let dbname = cfg.get_dbname().map(str::to_string).unwrap_or_else(|| user.clone());
-        Ok(Target { host, port, user, password, dbname })
+        Ok(Target {
+            host,
+            port,
+            user,
+            password,
+            dbname,
+        })
     }
 
     /// `Postgres at 127.0.0.1:5432 (database app)` — what a log line names.
     pub fn describe(&self) -> String {
-        format!("Postgres at {}:{} (database {}, user {})", self.host, self.port, self.dbname, self.user)
+        format!(
+            "Postgres at {}:{} (database {}, user {})",
+            self.host, self.port, self.dbname, self.user
+        )
     }
 }
 
 /// A regular connection for catalog queries, with the session settings pinned.
 pub async fn catalog(url: &str) -> anyhow::Result<Client> {
-    let mut cfg: tokio_postgres::Config = url.parse().context("source.url is not a valid Postgres connection URL")?;
+    let mut cfg: tokio_postgres::Config = url
+        .parse()
+        .context("source.url is not a valid Postgres connection URL")?;
     cfg.options(SESSION_OPTIONS).application_name("cdc");
     let target = Target::parse(url)?;
-    let (client, conn) = cfg.connect(NoTls).await.with_context(|| format!("cannot connect to {}", target.describe()))?;
+    let (client, conn) = cfg
+        .connect(NoTls)
+        .await
+        .with_context(|| format!("cannot connect to {}", target.describe()))?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!("catalog connection closed: {e}");
@@ -61,13 +83,22 @@ pub async fn catalog(url: &str) -> anyhow::Result<Client> {
 /// created here, so `cdc run` works on a database that only has the publication.
 pub async fn preflight(catalog: &Client, source: &SourceConfig) -> anyhow::Result<()> {
     let publication = catalog
-        .query_opt("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", &[&source.publication])
+        .query_opt(
+            "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
+            &[&source.publication],
+        )
         .await?;
     if publication.is_none() {
-        bail!("publication {:?} does not exist: run `cdc setup` to create it for the mapped tables", source.publication);
+        bail!(
+            "publication {:?} does not exist: run `cdc setup` to create it for the mapped tables",
+            source.publication
+        );
     }
     let slot = catalog
-        .query_opt("SELECT plugin::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", &[&source.slot])
+        .query_opt(
+            "SELECT plugin::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&source.slot],
+        )
         .await?;
     match slot {
         Some(row) => {
@@ -78,7 +109,10 @@ pub async fn preflight(catalog: &Client, source: &SourceConfig) -> anyhow::Resul
         }
         None => {
             let row = catalog
-                .query_one("SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')", &[&source.slot])
+                .query_one(
+                    "SELECT lsn::text FROM pg_catalog.pg_create_logical_replication_slot($1, 'pgoutput')",
+                    &[&source.slot],
+                )
                 .await
                 .with_context(|| format!("creating replication slot {:?}", source.slot))?;
             let lsn: String = row.get(0);

@@ -166,20 +166,34 @@ pub fn decode(data: &[u8]) -> Result<Message<'_>, DecodeError> {
     let (&tag, rest) = data.split_first().ok_or(DecodeError::Empty)?;
     let mut r = Reader { rest, tag };
     let msg = match tag {
-        b'B' => Message::Begin { final_lsn: r.lsn("the final LSN")?, commit_time: r.i64("the commit time")?, xid: r.u32("the xid")? },
+        b'B' => Message::Begin {
+            final_lsn: r.lsn("the final LSN")?,
+            commit_time: r.i64("the commit time")?,
+            xid: r.u32("the xid")?,
+        },
         b'C' => Message::Commit {
             flags: r.u8("the flags")?,
             commit_lsn: r.lsn("the commit LSN")?,
             end_lsn: r.lsn("the end LSN")?,
             commit_time: r.i64("the commit time")?,
         },
-        b'O' => Message::Origin { commit_lsn: r.lsn("the origin's commit LSN")?, name: r.str("the origin name")? },
+        b'O' => Message::Origin {
+            commit_lsn: r.lsn("the origin's commit LSN")?,
+            name: r.str("the origin name")?,
+        },
         b'R' => Message::Relation(r.relation()?),
-        b'Y' => Message::Type { oid: r.u32("the type OID")?, namespace: r.str("the type namespace")?, name: r.str("the type name")? },
+        b'Y' => Message::Type {
+            oid: r.u32("the type OID")?,
+            namespace: r.str("the type namespace")?,
+            name: r.str("the type name")?,
+        },
         b'I' => {
             let relation = r.u32("the relation OID")?;
             r.expect(b'N', "the new tuple marker")?;
-            Message::Insert { relation, new: r.tuple()? }
+            Message::Insert {
+                relation,
+                new: r.tuple()?,
+            }
         }
         b'U' => {
             let relation = r.u32("the relation OID")?;
@@ -191,12 +205,19 @@ pub fn decode(data: &[u8]) -> Result<Message<'_>, DecodeError> {
                     Some(old)
                 }
             };
-            Message::Update { relation, old, new: r.tuple()? }
+            Message::Update {
+                relation,
+                old,
+                new: r.tuple()?,
+            }
         }
         b'D' => {
             let relation = r.u32("the relation OID")?;
             let marker = r.u8("the old tuple marker")?;
-            Message::Delete { relation, old: r.old_tuple(marker)? }
+            Message::Delete {
+                relation,
+                old: r.old_tuple(marker)?,
+            }
         }
         b'T' => {
             let count = r.u32("the relation count")? as usize;
@@ -206,14 +227,23 @@ pub fn decode(data: &[u8]) -> Result<Message<'_>, DecodeError> {
             for _ in 0..count {
                 relations.push(r.u32("a truncated relation's OID")?);
             }
-            Message::Truncate { cascade: options & 1 != 0, restart_identity: options & 2 != 0, relations }
+            Message::Truncate {
+                cascade: options & 1 != 0,
+                restart_identity: options & 2 != 0,
+                relations,
+            }
         }
         b'M' => {
             let transactional = r.u8("the flags")? & 1 != 0;
             let lsn = r.lsn("the message LSN")?;
             let prefix = r.str("the message prefix")?;
             let len = r.len("the message content")?;
-            Message::LogicalMessage { transactional, lsn, prefix, content: r.take(len, "the message content")? }
+            Message::LogicalMessage {
+                transactional,
+                lsn,
+                prefix,
+                content: r.take(len, "the message content")?,
+            }
         }
         _ => return Err(DecodeError::UnknownTag(tag)),
     };
@@ -274,7 +304,11 @@ impl<'a> Reader<'a> {
     /// An Int32 byte count.
     fn len(&mut self, what: &'static str) -> Result<usize, DecodeError> {
         let len = self.i32(what)?;
-        usize::try_from(len).map_err(|_| DecodeError::NegativeLength { tag: self.tag, what, len })
+        usize::try_from(len).map_err(|_| DecodeError::NegativeLength {
+            tag: self.tag,
+            what,
+            len,
+        })
     }
 
     /// A NUL-terminated string.
@@ -288,7 +322,11 @@ impl<'a> Reader<'a> {
     fn expect(&mut self, byte: u8, what: &'static str) -> Result<(), DecodeError> {
         match self.u8(what)? {
             b if b == byte => Ok(()),
-            found => Err(DecodeError::UnexpectedByte { tag: self.tag, what, found }),
+            found => Err(DecodeError::UnexpectedByte {
+                tag: self.tag,
+                what,
+                found,
+            }),
         }
     }
 
@@ -308,16 +346,31 @@ impl<'a> Reader<'a> {
                 type_modifier: self.i32("a column's type modifier")?,
             });
         }
-        Ok(Relation { oid, namespace, name, replica_identity, columns })
+        Ok(Relation {
+            oid,
+            namespace,
+            name,
+            replica_identity,
+            columns,
+        })
     }
 
     fn old_tuple(&mut self, marker: u8) -> Result<OldTuple<'a>, DecodeError> {
         let kind = match marker {
             b'K' => OldKind::Key,
             b'O' => OldKind::Full,
-            found => return Err(DecodeError::UnexpectedByte { tag: self.tag, what: "the old tuple marker", found }),
+            found => {
+                return Err(DecodeError::UnexpectedByte {
+                    tag: self.tag,
+                    what: "the old tuple marker",
+                    found,
+                })
+            }
         };
-        Ok(OldTuple { kind, tuple: self.tuple()? })
+        Ok(OldTuple {
+            kind,
+            tuple: self.tuple()?,
+        })
     }
 
     fn tuple(&mut self) -> Result<TupleData<'a>, DecodeError> {
@@ -336,7 +389,13 @@ impl<'a> Reader<'a> {
                     let len = self.len("a binary value's length")?;
                     Cell::Binary(self.take(len, "a binary value")?)
                 }
-                found => return Err(DecodeError::UnexpectedByte { tag: self.tag, what: "a cell's kind", found }),
+                found => {
+                    return Err(DecodeError::UnexpectedByte {
+                        tag: self.tag,
+                        what: "a cell's kind",
+                        found,
+                    })
+                }
             };
             cells.push(cell);
         }
@@ -412,7 +471,12 @@ mod tests {
         Enc::tag(b'B').i64(0x16_B374_D848).i64(817_000_000_123_456).i32(751).0
     }
     fn commit() -> Vec<u8> {
-        Enc::tag(b'C').u8(0).i64(0x16_B374_D848).i64(0x16_B374_D878).i64(817_000_000_123_456).0
+        Enc::tag(b'C')
+            .u8(0)
+            .i64(0x16_B374_D848)
+            .i64(0x16_B374_D878)
+            .i64(817_000_000_123_456)
+            .0
     }
     fn origin_msg() -> Vec<u8> {
         Enc::tag(b'O').i64(0x1234).string("upstream").0
@@ -442,28 +506,62 @@ mod tests {
         Enc::tag(b'Y').i32(90_001).string("public").string("mood").0
     }
     fn insert() -> Vec<u8> {
-        Enc::tag(b'I').i32(16_384).u8(b'N').tuple(&[t("7"), Cell::Null, t("1.50")]).0
+        Enc::tag(b'I')
+            .i32(16_384)
+            .u8(b'N')
+            .tuple(&[t("7"), Cell::Null, t("1.50")])
+            .0
     }
     fn update_plain() -> Vec<u8> {
-        Enc::tag(b'U').i32(16_384).u8(b'N').tuple(&[t("7"), t("b"), Cell::UnchangedToast]).0
+        Enc::tag(b'U')
+            .i32(16_384)
+            .u8(b'N')
+            .tuple(&[t("7"), t("b"), Cell::UnchangedToast])
+            .0
     }
     fn update_key() -> Vec<u8> {
-        Enc::tag(b'U').i32(16_384).u8(b'K').tuple(&[t("7"), Cell::Null, Cell::Null]).u8(b'N').tuple(&[t("8"), t("b"), Cell::UnchangedToast]).0
+        Enc::tag(b'U')
+            .i32(16_384)
+            .u8(b'K')
+            .tuple(&[t("7"), Cell::Null, Cell::Null])
+            .u8(b'N')
+            .tuple(&[t("8"), t("b"), Cell::UnchangedToast])
+            .0
     }
     fn update_full() -> Vec<u8> {
-        Enc::tag(b'U').i32(16_384).u8(b'O').tuple(&[t("7"), t("a"), t("1.50")]).u8(b'N').tuple(&[t("7"), t("b"), t("1.50")]).0
+        Enc::tag(b'U')
+            .i32(16_384)
+            .u8(b'O')
+            .tuple(&[t("7"), t("a"), t("1.50")])
+            .u8(b'N')
+            .tuple(&[t("7"), t("b"), t("1.50")])
+            .0
     }
     fn delete_key() -> Vec<u8> {
-        Enc::tag(b'D').i32(16_384).u8(b'K').tuple(&[t("7"), Cell::Null, Cell::Null]).0
+        Enc::tag(b'D')
+            .i32(16_384)
+            .u8(b'K')
+            .tuple(&[t("7"), Cell::Null, Cell::Null])
+            .0
     }
     fn delete_full() -> Vec<u8> {
-        Enc::tag(b'D').i32(16_384).u8(b'O').tuple(&[t("7"), t("a"), Cell::Binary(&[0, 1, 2])]).0
+        Enc::tag(b'D')
+            .i32(16_384)
+            .u8(b'O')
+            .tuple(&[t("7"), t("a"), Cell::Binary(&[0, 1, 2])])
+            .0
     }
     fn truncate() -> Vec<u8> {
         Enc::tag(b'T').i32(2).u8(3).i32(16_384).i32(16_390).0
     }
     fn logical_msg() -> Vec<u8> {
-        Enc::tag(b'M').u8(1).i64(0x1A2B_3C4D).string("cdc").i32(5).bytes(b"hi\0\xFFx").0
+        Enc::tag(b'M')
+            .u8(1)
+            .i64(0x1A2B_3C4D)
+            .string("cdc")
+            .i32(5)
+            .bytes(b"hi\0\xFFx")
+            .0
     }
 
     fn all_valid() -> Vec<Vec<u8>> {
@@ -489,36 +587,81 @@ mod tests {
 
     #[test]
     fn begin_and_commit() {
-        assert_eq!(decode(&begin()).unwrap(), Message::Begin { final_lsn: Lsn(0x16_B374_D848), commit_time: 817_000_000_123_456, xid: 751 });
+        assert_eq!(
+            decode(&begin()).unwrap(),
+            Message::Begin {
+                final_lsn: Lsn(0x16_B374_D848),
+                commit_time: 817_000_000_123_456,
+                xid: 751
+            }
+        );
         assert_eq!(
             decode(&commit()).unwrap(),
-            Message::Commit { flags: 0, commit_lsn: Lsn(0x16_B374_D848), end_lsn: Lsn(0x16_B374_D878), commit_time: 817_000_000_123_456 }
+            Message::Commit {
+                flags: 0,
+                commit_lsn: Lsn(0x16_B374_D848),
+                end_lsn: Lsn(0x16_B374_D878),
+                commit_time: 817_000_000_123_456
+            }
         );
     }
 
     #[test]
     fn xid_and_lsn_use_the_full_unsigned_range() {
         let msg = Enc::tag(b'B').i64(-1).i64(-5).i32(-1).0;
-        assert_eq!(decode(&msg).unwrap(), Message::Begin { final_lsn: Lsn(u64::MAX), commit_time: -5, xid: u32::MAX });
+        assert_eq!(
+            decode(&msg).unwrap(),
+            Message::Begin {
+                final_lsn: Lsn(u64::MAX),
+                commit_time: -5,
+                xid: u32::MAX
+            }
+        );
     }
 
     #[test]
     fn origin() {
-        assert_eq!(decode(&origin_msg()).unwrap(), Message::Origin { commit_lsn: Lsn(0x1234), name: "upstream" });
+        assert_eq!(
+            decode(&origin_msg()).unwrap(),
+            Message::Origin {
+                commit_lsn: Lsn(0x1234),
+                name: "upstream"
+            }
+        );
     }
 
     #[test]
     fn relation_with_key_flags() {
         let msg = relation();
-        let Message::Relation(rel) = decode(&msg).unwrap() else { panic!("not a relation") };
+        let Message::Relation(rel) = decode(&msg).unwrap() else {
+            panic!("not a relation")
+        };
         assert_eq!(rel.oid, 16_384);
-        assert_eq!((rel.namespace, rel.name, rel.replica_identity), ("public", "items", b'd'));
+        assert_eq!(
+            (rel.namespace, rel.name, rel.replica_identity),
+            ("public", "items", b'd')
+        );
         assert_eq!(
             rel.columns,
             vec![
-                RelationColumn { is_key: true, name: "id", type_oid: 23, type_modifier: -1 },
-                RelationColumn { is_key: false, name: "title", type_oid: 1043, type_modifier: 104 },
-                RelationColumn { is_key: false, name: "prix_ü", type_oid: 1700, type_modifier: 655_366 },
+                RelationColumn {
+                    is_key: true,
+                    name: "id",
+                    type_oid: 23,
+                    type_modifier: -1
+                },
+                RelationColumn {
+                    is_key: false,
+                    name: "title",
+                    type_oid: 1043,
+                    type_modifier: 104
+                },
+                RelationColumn {
+                    is_key: false,
+                    name: "prix_ü",
+                    type_oid: 1700,
+                    type_modifier: 655_366
+                },
             ]
         );
     }
@@ -526,8 +669,20 @@ mod tests {
     #[test]
     fn relation_in_pg_catalog_has_an_empty_namespace_and_other_identities() {
         for identity in [b'n', b'f', b'i'] {
-            let msg = Enc::tag(b'R').i32(1).string("").string("t").u8(identity).i16(1).u8(3).string("c").i32(25).i32(-1).0;
-            let Message::Relation(rel) = decode(&msg).unwrap() else { panic!("not a relation") };
+            let msg = Enc::tag(b'R')
+                .i32(1)
+                .string("")
+                .string("t")
+                .u8(identity)
+                .i16(1)
+                .u8(3)
+                .string("c")
+                .i32(25)
+                .i32(-1)
+                .0;
+            let Message::Relation(rel) = decode(&msg).unwrap() else {
+                panic!("not a relation")
+            };
             assert_eq!((rel.namespace, rel.replica_identity), ("", identity));
             // only bit 1 of the flags means "key"
             assert!(rel.columns[0].is_key);
@@ -536,18 +691,39 @@ mod tests {
 
     #[test]
     fn type_message() {
-        assert_eq!(decode(&type_msg()).unwrap(), Message::Type { oid: 90_001, namespace: "public", name: "mood" });
+        assert_eq!(
+            decode(&type_msg()).unwrap(),
+            Message::Type {
+                oid: 90_001,
+                namespace: "public",
+                name: "mood"
+            }
+        );
     }
 
     #[test]
     fn insert_with_null_cells() {
-        assert_eq!(decode(&insert()).unwrap(), Message::Insert { relation: 16_384, new: TupleData { cells: vec![t("7"), Cell::Null, t("1.50")] } });
+        assert_eq!(
+            decode(&insert()).unwrap(),
+            Message::Insert {
+                relation: 16_384,
+                new: TupleData {
+                    cells: vec![t("7"), Cell::Null, t("1.50")]
+                }
+            }
+        );
     }
 
     #[test]
     fn text_values_may_be_empty_or_hold_any_bytes() {
-        let msg = Enc::tag(b'I').i32(1).u8(b'N').tuple(&[Cell::Text(b""), Cell::Text(b"\0\xFF\n")]).0;
-        let Message::Insert { new, .. } = decode(&msg).unwrap() else { panic!("not an insert") };
+        let msg = Enc::tag(b'I')
+            .i32(1)
+            .u8(b'N')
+            .tuple(&[Cell::Text(b""), Cell::Text(b"\0\xFF\n")])
+            .0;
+        let Message::Insert { new, .. } = decode(&msg).unwrap() else {
+            panic!("not an insert")
+        };
         assert_eq!(new.cells, vec![Cell::Text(b""), Cell::Text(b"\0\xFF\n")]);
     }
 
@@ -555,7 +731,13 @@ mod tests {
     fn update_without_old_tuple_keeps_unchanged_toast() {
         assert_eq!(
             decode(&update_plain()).unwrap(),
-            Message::Update { relation: 16_384, old: None, new: TupleData { cells: vec![t("7"), t("b"), Cell::UnchangedToast] } }
+            Message::Update {
+                relation: 16_384,
+                old: None,
+                new: TupleData {
+                    cells: vec![t("7"), t("b"), Cell::UnchangedToast]
+                }
+            }
         );
     }
 
@@ -565,8 +747,15 @@ mod tests {
             decode(&update_key()).unwrap(),
             Message::Update {
                 relation: 16_384,
-                old: Some(OldTuple { kind: OldKind::Key, tuple: TupleData { cells: vec![t("7"), Cell::Null, Cell::Null] } }),
-                new: TupleData { cells: vec![t("8"), t("b"), Cell::UnchangedToast] },
+                old: Some(OldTuple {
+                    kind: OldKind::Key,
+                    tuple: TupleData {
+                        cells: vec![t("7"), Cell::Null, Cell::Null]
+                    }
+                }),
+                new: TupleData {
+                    cells: vec![t("8"), t("b"), Cell::UnchangedToast]
+                },
             }
         );
     }
@@ -577,8 +766,15 @@ mod tests {
             decode(&update_full()).unwrap(),
             Message::Update {
                 relation: 16_384,
-                old: Some(OldTuple { kind: OldKind::Full, tuple: TupleData { cells: vec![t("7"), t("a"), t("1.50")] } }),
-                new: TupleData { cells: vec![t("7"), t("b"), t("1.50")] },
+                old: Some(OldTuple {
+                    kind: OldKind::Full,
+                    tuple: TupleData {
+                        cells: vec![t("7"), t("a"), t("1.50")]
+                    }
+                }),
+                new: TupleData {
+                    cells: vec![t("7"), t("b"), t("1.50")]
+                },
             }
         );
     }
@@ -587,23 +783,50 @@ mod tests {
     fn delete_with_key_and_with_full_old_tuple() {
         assert_eq!(
             decode(&delete_key()).unwrap(),
-            Message::Delete { relation: 16_384, old: OldTuple { kind: OldKind::Key, tuple: TupleData { cells: vec![t("7"), Cell::Null, Cell::Null] } } }
+            Message::Delete {
+                relation: 16_384,
+                old: OldTuple {
+                    kind: OldKind::Key,
+                    tuple: TupleData {
+                        cells: vec![t("7"), Cell::Null, Cell::Null]
+                    }
+                }
+            }
         );
         assert_eq!(
             decode(&delete_full()).unwrap(),
             Message::Delete {
                 relation: 16_384,
-                old: OldTuple { kind: OldKind::Full, tuple: TupleData { cells: vec![t("7"), t("a"), Cell::Binary(&[0, 1, 2])] } }
+                old: OldTuple {
+                    kind: OldKind::Full,
+                    tuple: TupleData {
+                        cells: vec![t("7"), t("a"), Cell::Binary(&[0, 1, 2])]
+                    }
+                }
             }
         );
     }
 
     #[test]
     fn truncate_with_two_relations_and_both_flags() {
-        assert_eq!(decode(&truncate()).unwrap(), Message::Truncate { cascade: true, restart_identity: true, relations: vec![16_384, 16_390] });
+        assert_eq!(
+            decode(&truncate()).unwrap(),
+            Message::Truncate {
+                cascade: true,
+                restart_identity: true,
+                relations: vec![16_384, 16_390]
+            }
+        );
         for (options, cascade, restart_identity) in [(0, false, false), (1, true, false), (2, false, true)] {
             let msg = Enc::tag(b'T').i32(1).u8(options).i32(5).0;
-            assert_eq!(decode(&msg).unwrap(), Message::Truncate { cascade, restart_identity, relations: vec![5] });
+            assert_eq!(
+                decode(&msg).unwrap(),
+                Message::Truncate {
+                    cascade,
+                    restart_identity,
+                    relations: vec![5]
+                }
+            );
         }
     }
 
@@ -611,31 +834,86 @@ mod tests {
     fn logical_message() {
         assert_eq!(
             decode(&logical_msg()).unwrap(),
-            Message::LogicalMessage { transactional: true, lsn: Lsn(0x1A2B_3C4D), prefix: "cdc", content: b"hi\0\xFFx" }
+            Message::LogicalMessage {
+                transactional: true,
+                lsn: Lsn(0x1A2B_3C4D),
+                prefix: "cdc",
+                content: b"hi\0\xFFx"
+            }
         );
         let msg = Enc::tag(b'M').u8(0).i64(1).string("p").i32(0).0;
-        assert_eq!(decode(&msg).unwrap(), Message::LogicalMessage { transactional: false, lsn: Lsn(1), prefix: "p", content: b"" });
+        assert_eq!(
+            decode(&msg).unwrap(),
+            Message::LogicalMessage {
+                transactional: false,
+                lsn: Lsn(1),
+                prefix: "p",
+                content: b""
+            }
+        );
     }
 
     #[test]
     fn errors_name_what_went_wrong() {
         assert_eq!(decode(&[]), Err(DecodeError::Empty));
-        assert_eq!(decode(b"Z").unwrap_err().to_string(), "unknown pgoutput message tag 'Z'");
-        assert_eq!(decode(&[0x01]).unwrap_err().to_string(), "unknown pgoutput message tag 0x01");
-        assert_eq!(decode(&begin()[..10]).unwrap_err().to_string(), "pgoutput message 'B' is truncated: it ends inside the commit time");
+        assert_eq!(
+            decode(b"Z").unwrap_err().to_string(),
+            "unknown pgoutput message tag 'Z'"
+        );
+        assert_eq!(
+            decode(&[0x01]).unwrap_err().to_string(),
+            "unknown pgoutput message tag 0x01"
+        );
+        assert_eq!(
+            decode(&begin()[..10]).unwrap_err().to_string(),
+            "pgoutput message 'B' is truncated: it ends inside the commit time"
+        );
         let bad_name = Enc::tag(b'Y').i32(1).string("public").bytes(b"m\xFFd\0").0;
-        assert_eq!(decode(&bad_name), Err(DecodeError::BadUtf8 { tag: b'Y', what: "the type name" }));
+        assert_eq!(
+            decode(&bad_name),
+            Err(DecodeError::BadUtf8 {
+                tag: b'Y',
+                what: "the type name"
+            })
+        );
         let bad_cell = Enc::tag(b'I').i32(1).u8(b'N').i16(1).u8(b'x').0;
-        assert_eq!(decode(&bad_cell).unwrap_err().to_string(), "pgoutput message 'I': unexpected byte 'x' for a cell's kind");
+        assert_eq!(
+            decode(&bad_cell).unwrap_err().to_string(),
+            "pgoutput message 'I': unexpected byte 'x' for a cell's kind"
+        );
         let bad_marker = Enc::tag(b'D').i32(1).u8(b'N').tuple(&[]).0;
-        assert!(matches!(decode(&bad_marker), Err(DecodeError::UnexpectedByte { tag: b'D', found: b'N', .. })));
+        assert!(matches!(
+            decode(&bad_marker),
+            Err(DecodeError::UnexpectedByte {
+                tag: b'D',
+                found: b'N',
+                ..
+            })
+        ));
         let no_new = Enc::tag(b'U').i32(1).u8(b'K').tuple(&[]).u8(b'K').tuple(&[]).0;
-        assert!(matches!(decode(&no_new), Err(DecodeError::UnexpectedByte { tag: b'U', found: b'K', .. })));
+        assert!(matches!(
+            decode(&no_new),
+            Err(DecodeError::UnexpectedByte {
+                tag: b'U',
+                found: b'K',
+                ..
+            })
+        ));
         let negative = Enc::tag(b'I').i32(1).u8(b'N').i16(1).u8(b't').i32(-1).0;
-        assert_eq!(decode(&negative), Err(DecodeError::NegativeLength { tag: b'I', what: "a text value's length", len: -1 }));
+        assert_eq!(
+            decode(&negative),
+            Err(DecodeError::NegativeLength {
+                tag: b'I',
+                what: "a text value's length",
+                len: -1
+            })
+        );
         let mut trailing = commit();
         trailing.push(0);
-        assert_eq!(decode(&trailing).unwrap_err().to_string(), "pgoutput message 'C' has 1 unexpected trailing bytes");
+        assert_eq!(
+            decode(&trailing).unwrap_err().to_string(),
+            "pgoutput message 'C' has 1 unexpected trailing bytes"
+        );
     }
 
     #[test]

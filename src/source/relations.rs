@@ -60,19 +60,33 @@ impl RelationCache {
         let mut columns = Vec::with_capacity(msg.columns.len());
         for c in &msg.columns {
             let kind = self.kind_of(c.type_oid, catalog).await?;
-            columns.push(Column { name: Arc::from(c.name), type_oid: c.type_oid, kind });
+            columns.push(Column {
+                name: Arc::from(c.name),
+                type_oid: c.type_oid,
+                kind,
+            });
         }
         let pk = primary_key(catalog, msg.oid).await?;
         let key = if !pk.is_empty() {
-            pk.iter().filter_map(|name| columns.iter().position(|c| &*c.name == name)).collect()
+            pk.iter()
+                .filter_map(|name| columns.iter().position(|c| &*c.name == name))
+                .collect()
         } else if msg.replica_identity != b'f' {
-            msg.columns.iter().enumerate().filter(|(_, c)| c.is_key).map(|(i, _)| i).collect()
+            msg.columns
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.is_key)
+                .map(|(i, _)| i)
+                .collect()
         } else {
             Vec::new()
         };
         let relation = Arc::new(Relation {
             oid: msg.oid,
-            table: Arc::new(TableName { schema: msg.namespace.to_string(), name: msg.name.to_string() }),
+            table: Arc::new(TableName {
+                schema: msg.namespace.to_string(),
+                name: msg.name.to_string(),
+            }),
             columns,
             replica_identity: msg.replica_identity,
             key,
@@ -110,7 +124,9 @@ async fn resolve_kind(oid: u32, catalog: &Client) -> anyhow::Result<Kind> {
                 &[&(oid as i64)],
             )
             .await?;
-        let Some(row) = row else { return Ok(wrap_arrays(Kind::Other, arrays)) };
+        let Some(row) = row else {
+            return Ok(wrap_arrays(Kind::Other, arrays));
+        };
         let typtype: String = row.get(0);
         let base: i64 = row.get(1);
         let elem: i64 = row.get(2);
@@ -131,7 +147,13 @@ async fn resolve_kind(oid: u32, catalog: &Client) -> anyhow::Result<Kind> {
 }
 
 fn wrap_arrays(kind: Kind, delimiters: Vec<u8>) -> Kind {
-    delimiters.into_iter().rev().fold(kind, |element, delimiter| Kind::Array { element: Box::new(element), delimiter })
+    delimiters
+        .into_iter()
+        .rev()
+        .fold(kind, |element, delimiter| Kind::Array {
+            element: Box::new(element),
+            delimiter,
+        })
 }
 
 async fn primary_key(catalog: &Client, oid: u32) -> anyhow::Result<Vec<String>> {

@@ -40,7 +40,13 @@ struct Txn {
 
 impl Txn {
     fn next_position(&mut self, lsn: Lsn) -> Position {
-        let pos = Position { lsn, commit_lsn: self.commit_lsn, seq: self.seq, xid: self.xid, committed_at_us: self.committed_at_us };
+        let pos = Position {
+            lsn,
+            commit_lsn: self.commit_lsn,
+            seq: self.seq,
+            xid: self.xid,
+            committed_at_us: self.committed_at_us,
+        };
         self.seq += 1;
         pos
     }
@@ -61,7 +67,18 @@ pub async fn run(
         if *shutdown.borrow() {
             return Ok(Stop::Shutdown);
         }
-        match session(source, &target, router, sinks, checkpoint, shutdown, stop_at, &mut backoff).await {
+        match session(
+            source,
+            &target,
+            router,
+            sinks,
+            checkpoint,
+            shutdown,
+            stop_at,
+            &mut backoff,
+        )
+        .await
+        {
             Ok(stop) => return Ok(stop),
             Err(SessionError::Fatal(e)) => return Err(e),
             Err(SessionError::Retry(e)) => {
@@ -136,7 +153,11 @@ async fn session(
         };
         let routed = async {
             match ev {
-                ReplicationEvent::Begin { final_lsn, xid, commit_time_micros } => {
+                ReplicationEvent::Begin {
+                    final_lsn,
+                    xid,
+                    commit_time_micros,
+                } => {
                     txn = Some(Txn {
                         commit_lsn: Lsn(final_lsn.as_u64()),
                         xid,
@@ -147,12 +168,17 @@ async fn session(
                 ReplicationEvent::Commit { lsn, end_lsn, .. } => {
                     txn = None;
                     let end = Lsn(end_lsn.as_u64());
-                    router.commit(Lsn(lsn.as_u64()), end).await.map_err(|e| SessionError::Fatal(e.into()))?;
+                    router
+                        .commit(Lsn(lsn.as_u64()), end)
+                        .await
+                        .map_err(|e| SessionError::Fatal(e.into()))?;
                     checkpoint.dispatched(end);
                     return Ok(reached(stop_at, end));
                 }
                 ReplicationEvent::XLogData { wal_start, data, .. } => {
-                    let msg = pgoutput::decode(&data).map_err(|e| SessionError::Fatal(anyhow::anyhow!("decoding pgoutput at {}: {e}", Lsn(wal_start.as_u64()))))?;
+                    let msg = pgoutput::decode(&data).map_err(|e| {
+                        SessionError::Fatal(anyhow::anyhow!("decoding pgoutput at {}: {e}", Lsn(wal_start.as_u64())))
+                    })?;
                     on_change(msg, Lsn(wal_start.as_u64()), &mut txn, &mut relations, &catalog, router).await?;
                 }
                 ReplicationEvent::KeepAlive { wal_end, .. } => {
@@ -205,7 +231,10 @@ async fn on_change(
         Message::Update { relation, old, new } => {
             let (rel, pos) = lookup(relations, relation, txn, lsn)?;
             if router.wants(&rel.table) {
-                router.send(changes::update(rel, old.as_ref(), &new, pos)).await.map_err(fatal)?;
+                router
+                    .send(changes::update(rel, old.as_ref(), &new, pos))
+                    .await
+                    .map_err(fatal)?;
             }
         }
         Message::Delete { relation, old } => {
@@ -214,8 +243,15 @@ async fn on_change(
                 router.send(changes::delete(rel, &old, pos)).await.map_err(fatal)?;
             }
         }
-        Message::Truncate { cascade, restart_identity, relations: oids } => {
-            let flags = TruncateFlags { cascade, restart_identity };
+        Message::Truncate {
+            cascade,
+            restart_identity,
+            relations: oids,
+        } => {
+            let flags = TruncateFlags {
+                cascade,
+                restart_identity,
+            };
             for oid in oids {
                 let (rel, pos) = lookup(relations, oid, txn, lsn)?;
                 if router.wants(&rel.table) {
@@ -225,7 +261,11 @@ async fn on_change(
         }
         // Begin and Commit come as their own replication events; types are resolved from the
         // catalog when a relation needs them; origins and messages are not routed.
-        Message::Begin { .. } | Message::Commit { .. } | Message::Origin { .. } | Message::Type { .. } | Message::LogicalMessage { .. } => {}
+        Message::Begin { .. }
+        | Message::Commit { .. }
+        | Message::Origin { .. }
+        | Message::Type { .. }
+        | Message::LogicalMessage { .. } => {}
     }
     Ok(())
 }
@@ -241,14 +281,22 @@ fn lookup<'a>(
     let rel = relations
         .get(oid)
         .ok_or_else(|| SessionError::Retry(anyhow::anyhow!("change for relation {oid} before its Relation message")))?;
-    let txn = txn.as_mut().ok_or_else(|| SessionError::Retry(anyhow::anyhow!("change outside a transaction")))?;
+    let txn = txn
+        .as_mut()
+        .ok_or_else(|| SessionError::Retry(anyhow::anyhow!("change outside a transaction")))?;
     Ok((rel, txn.next_position(lsn)))
 }
 
 /// Shutdown: the sinks deliver what they hold, then the final position is confirmed before the
 /// session closes. The replication client sends positions on its status interval, so wait
 /// (bounded) until it has sent this one.
-async fn finish(client: &mut ReplicationClient, router: &mut Router, sinks: &mut Running, checkpoint: &Checkpoint, status_interval: Duration) {
+async fn finish(
+    client: &mut ReplicationClient,
+    router: &mut Router,
+    sinks: &mut Running,
+    checkpoint: &Checkpoint,
+    status_interval: Duration,
+) {
     router.close();
     if let Some(e) = sinks.drain().await {
         tracing::error!("a sink failed while stopping: {e:#}");
@@ -261,7 +309,10 @@ async fn finish(client: &mut ReplicationClient, router: &mut Router, sinks: &mut
     }
     tracing::info!(confirmed = %last, "confirmed the final position");
     client.stop();
-    let _ = tokio::time::timeout(Duration::from_secs(3), async { while let Ok(Some(_)) = client.recv().await {} }).await;
+    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+        while let Ok(Some(_)) = client.recv().await {}
+    })
+    .await;
 }
 
 /// `--stop-at`: whether the stream, between transactions at `position`, has reached it.
@@ -276,7 +327,13 @@ fn to_pg(lsn: Lsn) -> pgwire_replication::Lsn {
 /// Errors that no retry can fix end the run with their message.
 fn classify(e: anyhow::Error) -> SessionError {
     let text = format!("{e:#}");
-    let fatal = ["does not exist", "password authentication failed", "permission denied", "must be superuser or replication role", "no pg_hba.conf entry"];
+    let fatal = [
+        "does not exist",
+        "password authentication failed",
+        "permission denied",
+        "must be superuser or replication role",
+        "no pg_hba.conf entry",
+    ];
     if fatal.iter().any(|f| text.contains(f)) {
         SessionError::Fatal(e)
     } else {

@@ -85,7 +85,10 @@ pub fn builtin_kind(type_oid: u32) -> Option<Kind> {
         3807 => 3802, // _jsonb
         _ => return None,
     };
-    Some(Kind::Array { element: Box::new(builtin_scalar(element)?), delimiter: b',' })
+    Some(Kind::Array {
+        element: Box::new(builtin_scalar(element)?),
+        delimiter: b',',
+    })
 }
 
 fn builtin_scalar(type_oid: u32) -> Option<Kind> {
@@ -116,7 +119,10 @@ pub fn convert(kind: &Kind, text: &[u8]) -> Value {
             b"f" => Some(Value::Bool(false)),
             _ => None,
         },
-        Kind::Int => std::str::from_utf8(text).ok().and_then(|s| s.parse().ok()).map(Value::Int),
+        Kind::Int => std::str::from_utf8(text)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .map(Value::Int),
         // NaN and the infinities are not JSON numbers, so they stay strings.
         Kind::Numeric | Kind::Float => number(text),
         Kind::Json => json(text),
@@ -190,7 +196,9 @@ fn bytea(text: &[u8]) -> Option<Value> {
     for pair in hex.chunks_exact(2) {
         bytes.push(hex_digit(pair[0])? << 4 | hex_digit(pair[1])?);
     }
-    Some(Value::String(base64::engine::general_purpose::STANDARD.encode(bytes).into()))
+    Some(Value::String(
+        base64::engine::general_purpose::STANDARD.encode(bytes).into(),
+    ))
 }
 
 fn hex_digit(c: u8) -> Option<u8> {
@@ -229,7 +237,16 @@ fn timestamptz(text: &[u8]) -> Option<Value> {
     }
     let fraction = std::str::from_utf8(&text[dt.seconds_end..dt.end]).ok()?;
     Some(Value::String(
-        format!("{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{fraction}Z", utc.year(), utc.month(), utc.day(), utc.hour(), utc.minute(), utc.second()).into(),
+        format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}{fraction}Z",
+            utc.year(),
+            utc.month(),
+            utc.day(),
+            utc.hour(),
+            utc.minute(),
+            utc.second()
+        )
+        .into(),
     ))
 }
 
@@ -306,7 +323,17 @@ impl DateTime {
                 return None;
             }
         }
-        Some(DateTime { year, month, day, hour, minute, second, date_end: year_len + 6, seconds_end, end })
+        Some(DateTime {
+            year,
+            month,
+            day,
+            hour,
+            minute,
+            second,
+            date_end: year_len + 6,
+            seconds_end,
+            end,
+        })
     }
 
     /// The date and time as printed, joined by `T`, followed by `suffix`.
@@ -329,7 +356,12 @@ const MAX_DIMENSIONS: usize = 6;
 /// converted elements. Lower bounds are dropped: a JSON array has none.
 fn array(element: &Kind, delimiter: u8, text: &[u8]) -> Option<Value> {
     let body = skip_dimensions(text)?;
-    let mut parser = ArrayParser { b: body, i: 0, element, delimiter };
+    let mut parser = ArrayParser {
+        b: body,
+        i: 0,
+        element,
+        delimiter,
+    };
     let value = parser.array(1)?;
     (parser.i == body.len()).then_some(value)
 }
@@ -463,7 +495,10 @@ mod tests {
         convert(kind, text.as_bytes())
     }
     fn arr(element: Kind) -> Kind {
-        Kind::Array { element: Box::new(element), delimiter: b',' }
+        Kind::Array {
+            element: Box::new(element),
+            delimiter: b',',
+        }
     }
     fn json_text(v: &Value) -> String {
         serde_json::to_string(v).unwrap()
@@ -543,7 +578,11 @@ mod tests {
             (1187, 1186),
         ];
         for (array, element) in arrays {
-            assert_eq!(builtin_kind(array), Some(arr(builtin_kind(element).unwrap())), "oid {array}");
+            assert_eq!(
+                builtin_kind(array),
+                Some(arr(builtin_kind(element).unwrap())),
+                "oid {array}"
+            );
         }
     }
 
@@ -588,7 +627,15 @@ mod tests {
 
     #[test]
     fn float() {
-        for digits in ["1e+100", "1.5e-07", "-0", "0.1", "3.4028235e+38", "1e-320", "123456789012"] {
+        for digits in [
+            "1e+100",
+            "1.5e-07",
+            "-0",
+            "0.1",
+            "3.4028235e+38",
+            "1e-320",
+            "123456789012",
+        ] {
             assert_eq!(c(&Kind::Float, digits), n(digits));
             assert_eq!(json_text(&c(&Kind::Float, digits)), digits);
         }
@@ -642,7 +689,10 @@ mod tests {
     fn text_types_stay_strings() {
         assert_eq!(c(&Kind::Text, "héllo wörld ✓ 🐘"), s("héllo wörld ✓ 🐘"));
         assert_eq!(c(&Kind::Text, ""), s(""));
-        assert_eq!(c(&Kind::Text, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), s("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"));
+        assert_eq!(
+            c(&Kind::Text, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"),
+            s("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11")
+        );
         assert_eq!(c(&Kind::Text, "192.168.0.1/24"), s("192.168.0.1/24"));
         assert_eq!(c(&Kind::Text, "$1,000.50"), s("$1,000.50"));
         assert_eq!(c(&Kind::Other, "(1,2)"), s("(1,2)"));
@@ -688,22 +738,53 @@ mod tests {
 
     #[test]
     fn timestamp_gets_a_t() {
-        assert_eq!(c(&Kind::Timestamp, "2026-11-24 18:30:00.123456"), s("2026-11-24T18:30:00.123456"));
+        assert_eq!(
+            c(&Kind::Timestamp, "2026-11-24 18:30:00.123456"),
+            s("2026-11-24T18:30:00.123456")
+        );
         assert_eq!(c(&Kind::Timestamp, "2026-11-24 18:30:00"), s("2026-11-24T18:30:00"));
-        assert_eq!(c(&Kind::Timestamp, "10000-01-01 00:00:00.5"), s("10000-01-01T00:00:00.5"));
-        for as_is in ["infinity", "-infinity", "2026-11-24 18:30:00.5 BC", "2026-11-24T18:30:00", "2026-11-24 18:30:00.", "2026-11-24"] {
+        assert_eq!(
+            c(&Kind::Timestamp, "10000-01-01 00:00:00.5"),
+            s("10000-01-01T00:00:00.5")
+        );
+        for as_is in [
+            "infinity",
+            "-infinity",
+            "2026-11-24 18:30:00.5 BC",
+            "2026-11-24T18:30:00",
+            "2026-11-24 18:30:00.",
+            "2026-11-24",
+        ] {
             assert_eq!(c(&Kind::Timestamp, as_is), s(as_is));
         }
     }
 
     #[test]
     fn timestamptz_becomes_utc_rfc3339() {
-        assert_eq!(c(&Kind::Timestamptz, "2026-11-24 18:30:00.123456+00"), s("2026-11-24T18:30:00.123456Z"));
-        assert_eq!(c(&Kind::Timestamptz, "2026-11-24 18:30:00+00"), s("2026-11-24T18:30:00Z"));
-        assert_eq!(c(&Kind::Timestamptz, "2026-11-25 00:00:00.123456+05:30"), s("2026-11-24T18:30:00.123456Z"));
-        assert_eq!(c(&Kind::Timestamptz, "2025-12-31 20:30:00-03:30"), s("2026-01-01T00:00:00Z"));
-        assert_eq!(c(&Kind::Timestamptz, "1850-01-01 05:53:28+05:53:28"), s("1850-01-01T00:00:00Z"));
-        assert_eq!(c(&Kind::Timestamptz, "2024-03-01 01:00:00.5+02"), s("2024-02-29T23:00:00.5Z"));
+        assert_eq!(
+            c(&Kind::Timestamptz, "2026-11-24 18:30:00.123456+00"),
+            s("2026-11-24T18:30:00.123456Z")
+        );
+        assert_eq!(
+            c(&Kind::Timestamptz, "2026-11-24 18:30:00+00"),
+            s("2026-11-24T18:30:00Z")
+        );
+        assert_eq!(
+            c(&Kind::Timestamptz, "2026-11-25 00:00:00.123456+05:30"),
+            s("2026-11-24T18:30:00.123456Z")
+        );
+        assert_eq!(
+            c(&Kind::Timestamptz, "2025-12-31 20:30:00-03:30"),
+            s("2026-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            c(&Kind::Timestamptz, "1850-01-01 05:53:28+05:53:28"),
+            s("1850-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            c(&Kind::Timestamptz, "2024-03-01 01:00:00.5+02"),
+            s("2024-02-29T23:00:00.5Z")
+        );
         for as_is in [
             "infinity",
             "-infinity",
@@ -721,12 +802,21 @@ mod tests {
     #[test]
     fn arrays_of_scalars_with_nulls() {
         let ints = builtin_kind(1007).unwrap();
-        assert_eq!(c(&ints, "{1,2,NULL}"), Value::Array(vec![Value::Int(1), Value::Int(2), Value::Null]));
+        assert_eq!(
+            c(&ints, "{1,2,NULL}"),
+            Value::Array(vec![Value::Int(1), Value::Int(2), Value::Null])
+        );
         assert_eq!(c(&ints, "{}"), Value::Array(vec![]));
         let bools = builtin_kind(1000).unwrap();
-        assert_eq!(c(&bools, "{t,f,NULL}"), Value::Array(vec![Value::Bool(true), Value::Bool(false), Value::Null]));
+        assert_eq!(
+            c(&bools, "{t,f,NULL}"),
+            Value::Array(vec![Value::Bool(true), Value::Bool(false), Value::Null])
+        );
         let numerics = builtin_kind(1231).unwrap();
-        assert_eq!(c(&numerics, "{1.50,NaN,-0}"), Value::Array(vec![n("1.50"), s("NaN"), n("-0")]));
+        assert_eq!(
+            c(&numerics, "{1.50,NaN,-0}"),
+            Value::Array(vec![n("1.50"), s("NaN"), n("-0")])
+        );
         assert_eq!(json_text(&c(&numerics, "{1.50,NaN,-0}")), r#"[1.50,"NaN",-0]"#);
     }
 
@@ -735,7 +825,10 @@ mod tests {
         let ints = builtin_kind(1007).unwrap();
         let v = c(&ints, "{{1,2},{3,4}}");
         assert_eq!(json_text(&v), "[[1,2],[3,4]]");
-        assert_eq!(json_text(&c(&ints, "{{{1},{2}},{{3},{NULL}}}")), "[[[1],[2]],[[3],[null]]]");
+        assert_eq!(
+            json_text(&c(&ints, "{{{1},{2}},{{3},{NULL}}}")),
+            "[[[1],[2]],[[3],[null]]]"
+        );
     }
 
     #[test]
@@ -744,7 +837,14 @@ mod tests {
         assert_eq!(json_text(&c(&ints, "[0:1]={1,2}")), "[1,2]");
         assert_eq!(json_text(&c(&ints, "[0:1][2:3]={{1,2},{3,4}}")), "[[1,2],[3,4]]");
         assert_eq!(json_text(&c(&ints, "[-2:-1]={5,6}")), "[5,6]");
-        for malformed in ["[0:1]{1,2}", "[0]={1}", "[a:1]={1}", "[0:1]x={1}", "[0:1]=", "[1:2]={1,2"] {
+        for malformed in [
+            "[0:1]{1,2}",
+            "[0]={1}",
+            "[a:1]={1}",
+            "[0:1]x={1}",
+            "[0:1]=",
+            "[1:2]={1,2",
+        ] {
             assert_eq!(c(&ints, malformed), s(malformed), "{malformed}");
         }
     }
@@ -752,20 +852,46 @@ mod tests {
     #[test]
     fn quoted_elements_unescape_and_only_unquoted_null_is_null() {
         let texts = builtin_kind(1009).unwrap();
-        let v = c(&texts, r#"{"a,b","with \"quote\"","back\\slash",NULL,"NULL",""," sp","ü{}",null,plain}"#);
+        let v = c(
+            &texts,
+            r#"{"a,b","with \"quote\"","back\\slash",NULL,"NULL",""," sp","ü{}",null,plain}"#,
+        );
         assert_eq!(
             v,
-            Value::Array(vec![s("a,b"), s(r#"with "quote""#), s(r"back\slash"), Value::Null, s("NULL"), s(""), s(" sp"), s("ü{}"), Value::Null, s("plain")])
+            Value::Array(vec![
+                s("a,b"),
+                s(r#"with "quote""#),
+                s(r"back\slash"),
+                Value::Null,
+                s("NULL"),
+                s(""),
+                s(" sp"),
+                s("ü{}"),
+                Value::Null,
+                s("plain")
+            ])
         );
     }
 
     #[test]
     fn elements_convert_with_their_kind() {
         let jsons = builtin_kind(199).unwrap();
-        assert_eq!(json_text(&c(&jsons, r#"{"{\"a\": 1}","[1, 2]",NULL}"#)), r#"[{"a": 1},[1, 2],null]"#);
-        assert_eq!(c(&builtin_kind(1001).unwrap(), r#"{"\\x01ff"}"#), Value::Array(vec![s("Af8=")]));
-        assert_eq!(c(&builtin_kind(1185).unwrap(), r#"{"2026-11-24 18:30:00+00"}"#), Value::Array(vec![s("2026-11-24T18:30:00Z")]));
-        assert_eq!(c(&builtin_kind(1022).unwrap(), "{1e+100,-Infinity}"), Value::Array(vec![n("1e+100"), s("-Infinity")]));
+        assert_eq!(
+            json_text(&c(&jsons, r#"{"{\"a\": 1}","[1, 2]",NULL}"#)),
+            r#"[{"a": 1},[1, 2],null]"#
+        );
+        assert_eq!(
+            c(&builtin_kind(1001).unwrap(), r#"{"\\x01ff"}"#),
+            Value::Array(vec![s("Af8=")])
+        );
+        assert_eq!(
+            c(&builtin_kind(1185).unwrap(), r#"{"2026-11-24 18:30:00+00"}"#),
+            Value::Array(vec![s("2026-11-24T18:30:00Z")])
+        );
+        assert_eq!(
+            c(&builtin_kind(1022).unwrap(), "{1e+100,-Infinity}"),
+            Value::Array(vec![n("1e+100"), s("-Infinity")])
+        );
         // an array of a domain over int[]: each element is itself an array's text
         let nested = arr(arr(Kind::Int));
         assert_eq!(json_text(&c(&nested, r#"{"{1,2}","{3}",NULL}"#)), "[[1,2],[3],null]");
@@ -773,8 +899,14 @@ mod tests {
 
     #[test]
     fn box_arrays_use_their_delimiter() {
-        let boxes = Kind::Array { element: Box::new(Kind::Other), delimiter: b';' };
-        assert_eq!(c(&boxes, "{(1,1),(0,0);(2,2),(1,1)}"), Value::Array(vec![s("(1,1),(0,0)"), s("(2,2),(1,1)")]));
+        let boxes = Kind::Array {
+            element: Box::new(Kind::Other),
+            delimiter: b';',
+        };
+        assert_eq!(
+            c(&boxes, "{(1,1),(0,0);(2,2),(1,1)}"),
+            Value::Array(vec![s("(1,1),(0,0)"), s("(2,2),(1,1)")])
+        );
     }
 
     #[test]
@@ -830,7 +962,9 @@ mod tests {
         };
         for _ in 0..20_000 {
             let len = (next() % 24) as usize;
-            let text: Vec<u8> = (0..len).map(|_| alphabet[(next() % alphabet.len() as u64) as usize]).collect();
+            let text: Vec<u8> = (0..len)
+                .map(|_| alphabet[(next() % alphabet.len() as u64) as usize])
+                .collect();
             for kind in &kinds {
                 let _ = convert(kind, &text);
             }

@@ -43,7 +43,10 @@ impl Via {
     }
 
     fn parse(s: &str) -> Via {
-        [Via::Direct, Via::Outbox].into_iter().find(|v| v.as_str() == s).unwrap_or(Via::Test)
+        [Via::Direct, Via::Outbox]
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .unwrap_or(Via::Test)
     }
 }
 

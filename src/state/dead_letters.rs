@@ -92,28 +92,46 @@ pub async fn insert_many(client: &Client, letters: &[NewDeadLetter<'_>]) -> Resu
 /// Dead letters in id order, all sinks or one.
 pub async fn list(client: &Client, sink: Option<&str>) -> Result<Vec<DeadLetter>, tokio_postgres::Error> {
     let rows = client
-        .query(&format!("SELECT {COLUMNS} FROM cdc.dead_letters WHERE $1::text IS NULL OR sink = $1 ORDER BY id"), &[&sink])
+        .query(
+            &format!("SELECT {COLUMNS} FROM cdc.dead_letters WHERE $1::text IS NULL OR sink = $1 ORDER BY id"),
+            &[&sink],
+        )
         .await?;
     Ok(rows.iter().map(from_row).collect())
 }
 
 pub async fn get(client: &Client, id: i64) -> Result<Option<DeadLetter>, tokio_postgres::Error> {
-    let row = client.query_opt(&format!("SELECT {COLUMNS} FROM cdc.dead_letters WHERE id = $1"), &[&id]).await?;
+    let row = client
+        .query_opt(&format!("SELECT {COLUMNS} FROM cdc.dead_letters WHERE id = $1"), &[&id])
+        .await?;
     Ok(row.as_ref().map(from_row))
 }
 
 /// Deletes one dead letter (after a successful replay); false when it was not there.
 pub async fn delete(client: &Client, id: i64) -> Result<bool, tokio_postgres::Error> {
-    Ok(client.execute("DELETE FROM cdc.dead_letters WHERE id = $1", &[&id]).await? == 1)
+    Ok(client
+        .execute("DELETE FROM cdc.dead_letters WHERE id = $1", &[&id])
+        .await?
+        == 1)
 }
 
 /// Notes another failed attempt (a replay the receiver refused again).
 pub async fn record_attempt(client: &Client, id: i64, error: &str) -> Result<(), tokio_postgres::Error> {
-    client.execute("UPDATE cdc.dead_letters SET attempts = attempts + 1, error = $2 WHERE id = $1", &[&id, &error]).await?;
+    client
+        .execute(
+            "UPDATE cdc.dead_letters SET attempts = attempts + 1, error = $2 WHERE id = $1",
+            &[&id, &error],
+        )
+        .await?;
     Ok(())
 }
 
 /// Deletes every dead letter, or one sink's; returns how many.
 pub async fn purge(client: &Client, sink: Option<&str>) -> Result<u64, tokio_postgres::Error> {
-    client.execute("DELETE FROM cdc.dead_letters WHERE $1::text IS NULL OR sink = $1", &[&sink]).await
+    client
+        .execute(
+            "DELETE FROM cdc.dead_letters WHERE $1::text IS NULL OR sink = $1",
+            &[&sink],
+        )
+        .await
 }

@@ -15,7 +15,9 @@ pub const SCHEMA: &str = "cdc";
 
 /// Creates cdc's schema and tables when missing.
 pub async fn ensure_schema(client: &Client) -> Result<(), tokio_postgres::Error> {
-    client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}")).await?;
+    client
+        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+        .await?;
     for ddl in all_ddl() {
         client.batch_execute(ddl).await?;
     }

@@ -57,7 +57,15 @@ pub async fn push(client: &Client, b: &NewBatch<'_>) -> Result<i64, tokio_postgr
         .query_one(
             "INSERT INTO cdc.webhook_outbox (sink, batch_id, body, events, attempts, next_attempt_at, last_error)
              VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id",
-            &[&b.sink, &b.batch_id, &b.body, &b.events, &b.attempts, &b.next_attempt_at, &b.error],
+            &[
+                &b.sink,
+                &b.batch_id,
+                &b.body,
+                &b.events,
+                &b.attempts,
+                &b.next_attempt_at,
+                &b.error,
+            ],
         )
         .await?;
     Ok(row.get(0))
@@ -85,11 +93,20 @@ pub async fn head(client: &Client, sink: &str) -> Result<Option<Stored>, tokio_p
 
 /// The batch was delivered.
 pub async fn remove(client: &Client, id: i64) -> Result<(), tokio_postgres::Error> {
-    client.execute("DELETE FROM cdc.webhook_outbox WHERE id = $1", &[&id]).await.map(drop)
+    client
+        .execute("DELETE FROM cdc.webhook_outbox WHERE id = $1", &[&id])
+        .await
+        .map(drop)
 }
 
 /// Another attempt failed; the next one is due at `next_attempt_at`.
-pub async fn reschedule(client: &Client, id: i64, attempts: i32, next_attempt_at: SystemTime, error: &str) -> Result<(), tokio_postgres::Error> {
+pub async fn reschedule(
+    client: &Client,
+    id: i64,
+    attempts: i32,
+    next_attempt_at: SystemTime,
+    error: &str,
+) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "UPDATE cdc.webhook_outbox SET attempts = $2, next_attempt_at = $3, last_error = $4 WHERE id = $1",
@@ -101,5 +118,8 @@ pub async fn reschedule(client: &Client, id: i64, attempts: i32, next_attempt_at
 
 /// How many batches the sink has stored (for `cdc status` and the switch back to direct sending).
 pub async fn len(client: &Client, sink: &str) -> Result<i64, tokio_postgres::Error> {
-    Ok(client.query_one("SELECT count(*) FROM cdc.webhook_outbox WHERE sink = $1", &[&sink]).await?.get(0))
+    Ok(client
+        .query_one("SELECT count(*) FROM cdc.webhook_outbox WHERE sink = $1", &[&sink])
+        .await?
+        .get(0))
 }

@@ -92,15 +92,14 @@ const RUN_WITH_SCRIPT: &str = "run the tests with scripts/test.sh (it starts Pos
 pub fn pg() -> &'static Pg {
     static PG: OnceLock<Pg> = OnceLock::new();
     PG.get_or_init(|| {
-        let url = env_nonempty("CDC_TEST_PG_URL")
-            .unwrap_or_else(|| panic!("CDC_TEST_PG_URL is not set: {RUN_WITH_SCRIPT}"));
+        let url =
+            env_nonempty("CDC_TEST_PG_URL").unwrap_or_else(|| panic!("CDC_TEST_PG_URL is not set: {RUN_WITH_SCRIPT}"));
         let port = env_nonempty("CDC_TEST_PG_PORT")
             .unwrap_or_else(|| panic!("CDC_TEST_PG_PORT is not set: {RUN_WITH_SCRIPT}"))
             .parse::<u16>()
             .unwrap_or_else(|e| panic!("CDC_TEST_PG_PORT is not a port ({e}): {RUN_WITH_SCRIPT}"));
         let dir = PathBuf::from(
-            env_nonempty("CDC_TEST_PG_DIR")
-                .unwrap_or_else(|| panic!("CDC_TEST_PG_DIR is not set: {RUN_WITH_SCRIPT}")),
+            env_nonempty("CDC_TEST_PG_DIR").unwrap_or_else(|| panic!("CDC_TEST_PG_DIR is not set: {RUN_WITH_SCRIPT}")),
         );
         let bin = env_nonempty("CDC_TEST_PG_BIN")
             .map(PathBuf::from)
@@ -227,9 +226,7 @@ pub async fn new_database(prefix: &str) -> TestDb {
         .await
     {
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::SYNTAX_ERROR) => {
-            admin
-                .batch_execute(&format!("CREATE DATABASE \"{name}\""))
-                .await
+            admin.batch_execute(&format!("CREATE DATABASE \"{name}\"")).await
         }
         other => other,
     };
@@ -264,10 +261,7 @@ impl TestDb {
 
     /// Like [`TestDb::exec`] but returns the error text instead of panicking.
     pub async fn try_exec(&self, sql: &str) -> Result<(), String> {
-        self.client
-            .batch_execute(sql)
-            .await
-            .map_err(|e| pg_error(&e))
+        self.client.batch_execute(sql).await.map_err(|e| pg_error(&e))
     }
 
     /// All rows of a query as text (NULL is `None`); simple query protocol, so any column type works.
@@ -281,11 +275,9 @@ impl TestDb {
         });
         msgs.into_iter()
             .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(row) => Some(
-                    (0..row.len())
-                        .map(|i| row.get(i).map(str::to_string))
-                        .collect(),
-                ),
+                tokio_postgres::SimpleQueryMessage::Row(row) => {
+                    Some((0..row.len()).map(|i| row.get(i).map(str::to_string)).collect())
+                }
                 _ => None,
             })
             .collect()
@@ -330,10 +322,7 @@ impl TestDb {
     pub async fn slot_active(&self, slot: &str) -> bool {
         let row = self
             .client
-            .query_opt(
-                "SELECT active FROM pg_replication_slots WHERE slot_name = $1",
-                &[&slot],
-            )
+            .query_opt("SELECT active FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
             .await
             .unwrap_or_else(|e| panic!("reading pg_replication_slots: {}", pg_error(&e)));
         row.map(|r| r.get::<_, bool>(0)).unwrap_or(false)
@@ -398,12 +387,7 @@ pub async fn reconnect(db: &TestDb) -> TestDb {
 pub fn pg_error(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => {
-            let mut s = format!(
-                "{}: {} (SQLSTATE {})",
-                db.severity(),
-                db.message(),
-                db.code().code()
-            );
+            let mut s = format!("{}: {} (SQLSTATE {})", db.severity(), db.message(), db.code().code());
             if let Some(d) = db.detail() {
                 s += &format!("\nDETAIL: {d}");
             }
@@ -608,9 +592,7 @@ impl CdcProcess {
                 match r.read_until(b'\n', &mut buf) {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
-                        let raw = String::from_utf8_lossy(&buf)
-                            .trim_end_matches(['\n', '\r'])
-                            .to_string();
+                        let raw = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
                         let json = serde_json::from_str::<Value>(&raw).ok();
                         if tx.send(Line { raw, json }).is_err() {
                             break;
@@ -732,11 +714,7 @@ impl CdcProcess {
                 continue;
             }
             if !self.pull(deadline) {
-                let why = if self.eof {
-                    "stdout closed"
-                } else {
-                    "timed out"
-                };
+                let why = if self.eof { "stdout closed" } else { "timed out" };
                 panic!(
                     "expected {n} events within {timeout:?}, got {} ({why}):\n{}\n{}",
                     got.len(),
@@ -763,11 +741,7 @@ impl CdcProcess {
                 continue;
             }
             if !self.pull(deadline) {
-                let why = if self.eof {
-                    "stdout closed"
-                } else {
-                    "timed out"
-                };
+                let why = if self.eof { "stdout closed" } else { "timed out" };
                 panic!(
                     "no matching event within {timeout:?} ({why}); {} other events arrived:\n{}\n{}",
                     got.len(),
@@ -790,11 +764,7 @@ impl CdcProcess {
                 continue;
             }
             if !self.pull(deadline) {
-                let why = if self.eof {
-                    "stdout closed"
-                } else {
-                    "timed out"
-                };
+                let why = if self.eof { "stdout closed" } else { "timed out" };
                 panic!(
                     "expected {n} events within {timeout:?}, counted {count} ({why})\n{}",
                     self.report()
@@ -952,11 +922,7 @@ fn show_events(events: &[Value]) -> String {
     if events.is_empty() {
         return "(none)".into();
     }
-    events
-        .iter()
-        .map(|e| e.to_string())
-        .collect::<Vec<_>>()
-        .join("\n")
+    events.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n")
 }
 
 // ------------------------------------------------------------------------------------------------

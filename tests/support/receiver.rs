@@ -54,10 +54,7 @@ impl Request {
 
     /// The envelope's events.
     pub fn events(&self) -> Vec<Value> {
-        self.json()["events"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default()
+        self.json()["events"].as_array().cloned().unwrap_or_default()
     }
 
     pub fn delivered(&self) -> bool {
@@ -99,14 +96,8 @@ impl Receiver {
                 .expect("receiver runtime");
             runtime.block_on(run(server_shared, commands, addr_tx));
         });
-        let addr = addr_rx
-            .recv()
-            .expect("the receiver thread reports its address");
-        Receiver {
-            addr,
-            shared,
-            control,
-        }
+        let addr = addr_rx.recv().expect("the receiver thread reports its address");
+        Receiver { addr, shared, control }
     }
 
     /// The URL to configure: `http://127.0.0.1:PORT/hook`.
@@ -130,9 +121,7 @@ impl Receiver {
 
     fn tell(&self, command: fn(std::sync::mpsc::Sender<()>) -> Control) {
         let (done, wait) = std::sync::mpsc::channel();
-        self.control
-            .send(command(done))
-            .expect("the receiver thread runs");
+        self.control.send(command(done)).expect("the receiver thread runs");
         wait.recv().expect("the receiver thread answers");
     }
 
@@ -143,10 +132,7 @@ impl Receiver {
 
     /// The requests answered with a 2xx.
     pub fn delivered(&self) -> Vec<Request> {
-        self.requests()
-            .into_iter()
-            .filter(Request::delivered)
-            .collect()
+        self.requests().into_iter().filter(Request::delivered).collect()
     }
 
     /// The events of the delivered requests, in arrival order.
@@ -163,7 +149,12 @@ impl Receiver {
                 return events;
             }
             if Instant::now() > deadline {
-                panic!("expected {n} delivered events within {timeout:?}, got {} in {} requests ({} received)", events.len(), self.delivered().len(), self.requests().len());
+                panic!(
+                    "expected {n} delivered events within {timeout:?}, got {} in {} requests ({} received)",
+                    events.len(),
+                    self.delivered().len(),
+                    self.requests().len()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -178,10 +169,7 @@ impl Receiver {
                 return requests;
             }
             if Instant::now() > deadline {
-                panic!(
-                    "expected {n} requests within {timeout:?}, got {}",
-                    requests.len()
-                );
+                panic!("expected {n} requests within {timeout:?}, got {}", requests.len());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -304,10 +292,7 @@ async fn read_request(
         let (name, value) = trimmed.split_once(':')?;
         headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_string());
     }
-    let length: usize = headers
-        .get("content-length")
-        .and_then(|l| l.parse().ok())
-        .unwrap_or(0);
+    let length: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
     let mut body = vec![0; length];
     read.read_exact(&mut body).await.ok()?;
     Some((headers, body))

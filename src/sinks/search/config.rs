@@ -78,23 +78,40 @@ impl SinkSettings for SearchConfig {
     fn validate(&mut self, config_dir: &Path) -> Vec<Problem> {
         let mut problems = Vec::new();
         match (&self.url, self.urls.is_empty()) {
-            (None, true) => problems.push(Problem::new("url", "required: the node's URL, like \"http://127.0.0.1:9200\" (or urls = [...])")),
+            (None, true) => problems.push(Problem::new(
+                "url",
+                "required: the node's URL, like \"http://127.0.0.1:9200\" (or urls = [...])",
+            )),
             (Some(_), false) => problems.push(Problem::new("urls", "write either url or urls, not both")),
             _ => {}
         }
         for (i, url) in self.node_urls().iter().enumerate() {
-            let key = if self.url.is_some() { "url".to_string() } else { format!("urls[{i}]") };
+            let key = if self.url.is_some() {
+                "url".to_string()
+            } else {
+                format!("urls[{i}]")
+            };
             if !(url.starts_with("http://") || url.starts_with("https://")) {
-                problems.push(Problem::new(key, format!("expected an http:// or https:// URL, got {url:?}")));
+                problems.push(Problem::new(
+                    key,
+                    format!("expected an http:// or https:// URL, got {url:?}"),
+                ));
             }
         }
         if self.password.is_some() && self.username.is_none() {
             problems.push(Problem::new("password", "a password needs a username"));
         }
         if self.api_key.is_some() && self.username.is_some() {
-            problems.push(Problem::new("api_key", "write either api_key or username/password, not both"));
+            problems.push(Problem::new(
+                "api_key",
+                "write either api_key or username/password, not both",
+            ));
         }
-        for (key, value) in [("batch_max_docs", self.batch_max_docs), ("batch_max_bytes", self.batch_max_bytes), ("concurrency", self.concurrency)] {
+        for (key, value) in [
+            ("batch_max_docs", self.batch_max_docs),
+            ("batch_max_bytes", self.batch_max_bytes),
+            ("concurrency", self.concurrency),
+        ] {
             if value == 0 {
                 problems.push(Problem::new(key, "expected a positive integer, got 0"));
             }
@@ -105,7 +122,10 @@ impl SinkSettings for SearchConfig {
         if let Some(ca) = &mut self.ca_file {
             *ca = config_dir.join(&*ca);
             if !ca.is_file() {
-                problems.push(Problem::new("ca_file", format!("{} is not a readable file", ca.display())));
+                problems.push(Problem::new(
+                    "ca_file",
+                    format!("{} is not a readable file", ca.display()),
+                ));
             }
         }
         problems
@@ -130,14 +150,25 @@ mod tests {
     fn a_url_alone_takes_every_default() {
         let config = parse(r#"url = "http://127.0.0.1:9200""#).unwrap();
         assert_eq!(config.node_urls(), vec!["http://127.0.0.1:9200"]);
-        assert_eq!((config.batch_max_docs, config.batch_max_bytes, config.concurrency), (1000, 5_000_000, 2));
-        assert_eq!((config.flush_interval, config.request_timeout), (Duration::from_secs(1), Duration::from_secs(30)));
-        assert_eq!((&config.username, &config.api_key, &config.ca_file), (&None, &None, &None));
+        assert_eq!(
+            (config.batch_max_docs, config.batch_max_bytes, config.concurrency),
+            (1000, 5_000_000, 2)
+        );
+        assert_eq!(
+            (config.flush_interval, config.request_timeout),
+            (Duration::from_secs(1), Duration::from_secs(30))
+        );
+        assert_eq!(
+            (&config.username, &config.api_key, &config.ca_file),
+            (&None, &None, &None)
+        );
     }
 
     #[test]
     fn durations_and_limits_are_read() {
-        let config = parse("urls = [\"http://a:9200\", \"https://b:9200\"]\nflush_interval = \"250ms\"\nbatch_max_docs = 10").unwrap();
+        let config =
+            parse("urls = [\"http://a:9200\", \"https://b:9200\"]\nflush_interval = \"250ms\"\nbatch_max_docs = 10")
+                .unwrap();
         assert_eq!(config.node_urls(), vec!["http://a:9200", "https://b:9200"]);
         assert_eq!(config.flush_interval, Duration::from_millis(250));
         assert_eq!(config.batch_max_docs, 10);
@@ -145,8 +176,11 @@ mod tests {
 
     #[test]
     fn a_missing_url_and_mixed_credentials_are_problems() {
-        let problems = parse(r#"api_key = "k"
-username = "u""#).unwrap_err();
+        let problems = parse(
+            r#"api_key = "k"
+username = "u""#,
+        )
+        .unwrap_err();
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, vec!["url", "api_key"]);
     }

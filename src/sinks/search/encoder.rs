@@ -26,7 +26,9 @@ pub enum Write {
     /// Index this JSON document.
     Index(Vec<u8>),
     /// Index the row, once the values Postgres did not send (unchanged TOAST) are read back.
-    IndexAfterRead { missing: Vec<Arc<str>> },
+    IndexAfterRead {
+        missing: Vec<Arc<str>>,
+    },
     Delete,
 }
 
@@ -71,7 +73,15 @@ pub fn index_name(mapping: &TableMapping) -> Arc<str> {
 pub fn actions(event: &Arc<Event>, mapping: &TableMapping) -> Result<Vec<Action>, EncodeError> {
     let index = index_name(mapping);
     let version = event.commit_lsn.0;
-    let action = |id: String, write: Write| Action { doc: DocKey { index: index.clone(), id }, version, write, event: event.clone() };
+    let action = |id: String, write: Write| Action {
+        doc: DocKey {
+            index: index.clone(),
+            id,
+        },
+        version,
+        write,
+        event: event.clone(),
+    };
     match event.op {
         Op::Create | Op::Update => {
             let new = event.new.as_ref().ok_or(EncodeError::NoKey)?;
@@ -100,7 +110,10 @@ pub fn actions(event: &Arc<Event>, mapping: &TableMapping) -> Result<Vec<Action>
 fn previous_id(mapping: &TableMapping, event: &Event) -> Option<String> {
     match &mapping.id {
         Some(_) => doc_id(mapping, event, [event.old.as_ref(), None]).ok(),
-        None => event.key_changed().filter(|changed| *changed).and_then(|_| doc_id(mapping, event, [event.key.as_ref(), None]).ok()),
+        None => event
+            .key_changed()
+            .filter(|changed| *changed)
+            .and_then(|_| doc_id(mapping, event, [event.key.as_ref(), None]).ok()),
     }
 }
 
@@ -168,7 +181,9 @@ pub fn encode_document<'a>(row: &'a Row, fill: impl Fn(&str) -> Option<&'a Value
     }
     let mut buf = Vec::with_capacity(128);
     let mut ser = serde_json::Serializer::new(&mut buf);
-    let mut map = ser.serialize_map(Some(values.len())).expect("writing to a Vec cannot fail");
+    let mut map = ser
+        .serialize_map(Some(values.len()))
+        .expect("writing to a Vec cannot fail");
     for (name, value) in values {
         map.serialize_entry(name, value).expect("a value always serializes");
     }
@@ -190,7 +205,13 @@ pub fn write_bulk_lines(buf: &mut Vec<u8>, action: &Action) {
     serde_json::to_writer(&mut *buf, &*action.doc.index).expect("writing to a Vec cannot fail");
     buf.extend_from_slice(b",\"_id\":");
     serde_json::to_writer(&mut *buf, &action.doc.id).expect("writing to a Vec cannot fail");
-    buf.extend_from_slice(format!(",\"version\":{},\"version_type\":\"external_gte\"}}}}\n", action.version).as_bytes());
+    buf.extend_from_slice(
+        format!(
+            ",\"version\":{},\"version_type\":\"external_gte\"}}}}\n",
+            action.version
+        )
+        .as_bytes(),
+    );
     if let Some(doc) = doc {
         buf.extend_from_slice(doc);
         buf.push(b'\n');
@@ -211,8 +232,19 @@ mod tests {
     }
 
     fn event(op: Op, key: Option<Row>, old: Option<Row>, new: Option<Row>) -> Arc<Event> {
-        let position = Position { commit_lsn: Lsn(0x1_0000_0010), ..Position::default() };
-        Arc::new(Event::new(op, Arc::new(TableName::parse("events")), key, old, new, None, position))
+        let position = Position {
+            commit_lsn: Lsn(0x1_0000_0010),
+            ..Position::default()
+        };
+        Arc::new(Event::new(
+            op,
+            Arc::new(TableName::parse("events")),
+            key,
+            old,
+            new,
+            None,
+            position,
+        ))
     }
 
     fn mapping() -> TableMapping {
@@ -229,7 +261,12 @@ mod tests {
 
     #[test]
     fn a_create_indexes_the_row_versioned_by_its_commit_lsn() {
-        let e = event(Op::Create, Some(row(&[("id", Value::Int(7))])), None, Some(row(&[("id", Value::Int(7)), ("name", s("a\"b"))])));
+        let e = event(
+            Op::Create,
+            Some(row(&[("id", Value::Int(7))])),
+            None,
+            Some(row(&[("id", Value::Int(7)), ("name", s("a\"b"))])),
+        );
         let out = actions(&e, &mapping()).unwrap();
         assert_eq!(
             lines(&out),
@@ -262,33 +299,65 @@ mod tests {
 
     #[test]
     fn a_primary_key_update_deletes_the_old_document_and_indexes_the_new() {
-        let e = event(Op::Update, Some(row(&[("id", Value::Int(1))])), Some(row(&[("id", Value::Int(1))])), Some(row(&[("id", Value::Int(2))])));
+        let e = event(
+            Op::Update,
+            Some(row(&[("id", Value::Int(1))])),
+            Some(row(&[("id", Value::Int(1))])),
+            Some(row(&[("id", Value::Int(2))])),
+        );
         let out = actions(&e, &mapping()).unwrap();
-        let ids: Vec<(&str, bool)> = out.iter().map(|a| (a.doc.id.as_str(), a.write == Write::Delete)).collect();
+        let ids: Vec<(&str, bool)> = out
+            .iter()
+            .map(|a| (a.doc.id.as_str(), a.write == Write::Delete))
+            .collect();
         assert_eq!(ids, vec![("1", true), ("2", false)]);
     }
 
     #[test]
     fn an_unchanged_toast_value_comes_from_the_old_row_or_is_read_back() {
         let big = s(&"x".repeat(10));
-        let new = row(&[("id", Value::Int(1)), ("title", s("new")), ("body", Value::UnchangedToast)]);
+        let new = row(&[
+            ("id", Value::Int(1)),
+            ("title", s("new")),
+            ("body", Value::UnchangedToast),
+        ]);
         let full_old = row(&[("id", Value::Int(1)), ("title", s("old")), ("body", big)]);
         let key = Some(row(&[("id", Value::Int(1))]));
 
-        let with_old = actions(&event(Op::Update, key.clone(), Some(full_old), Some(new.clone())), &mapping()).unwrap();
-        assert_eq!(with_old[0].write, Write::Index(br#"{"id":1,"title":"new","body":"xxxxxxxxxx"}"#.to_vec()));
+        let with_old = actions(
+            &event(Op::Update, key.clone(), Some(full_old), Some(new.clone())),
+            &mapping(),
+        )
+        .unwrap();
+        assert_eq!(
+            with_old[0].write,
+            Write::Index(br#"{"id":1,"title":"new","body":"xxxxxxxxxx"}"#.to_vec())
+        );
 
         let without_old = actions(&event(Op::Update, key, None, Some(new)), &mapping()).unwrap();
-        assert_eq!(without_old[0].write, Write::IndexAfterRead { missing: vec![Arc::from("body")] });
+        assert_eq!(
+            without_old[0].write,
+            Write::IndexAfterRead {
+                missing: vec![Arc::from("body")]
+            }
+        );
     }
 
     #[test]
     fn a_null_or_projected_out_id_is_an_error_not_a_document() {
         let mut m = mapping();
         m.id = Some(vec!["slug".into()]);
-        let e = event(Op::Create, Some(row(&[("id", Value::Int(1))])), None, Some(row(&[("id", Value::Int(1)), ("slug", Value::Null)])));
+        let e = event(
+            Op::Create,
+            Some(row(&[("id", Value::Int(1))])),
+            None,
+            Some(row(&[("id", Value::Int(1)), ("slug", Value::Null)])),
+        );
         assert_eq!(actions(&e, &m).unwrap_err(), EncodeError::NullId("slug".into()));
         m.id = Some(vec!["missing".into()]);
-        assert_eq!(actions(&e, &m).unwrap_err(), EncodeError::MissingIdColumn("missing".into()));
+        assert_eq!(
+            actions(&e, &m).unwrap_err(),
+            EncodeError::MissingIdColumn("missing".into())
+        );
     }
 }

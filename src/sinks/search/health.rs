@@ -25,7 +25,10 @@ pub async fn check(name: &str, config: &SearchConfig, mappings: &[&TableMapping]
     let reply = match service.get("/").await {
         Ok(reply) => reply,
         Err(e) => {
-            findings.push(Finding::Problem(format!("sink {name}: cannot reach {}: {e} — is the node running, and is url right?", service.url)));
+            findings.push(Finding::Problem(format!(
+                "sink {name}: cannot reach {}: {e} — is the node running, and is url right?",
+                service.url
+            )));
             return findings;
         }
     };
@@ -37,7 +40,12 @@ pub async fn check(name: &str, config: &SearchConfig, mappings: &[&TableMapping]
         return findings;
     }
     if !reply.ok() {
-        findings.push(Finding::Problem(format!("sink {name}: {} answered HTTP {}: {}", service.url, reply.status, reply.text())));
+        findings.push(Finding::Problem(format!(
+            "sink {name}: {} answered HTTP {}: {}",
+            service.url,
+            reply.status,
+            reply.text()
+        )));
         return findings;
     }
     findings.push(version_finding(name, &service.url, &reply.json()));
@@ -49,7 +57,11 @@ pub async fn check(name: &str, config: &SearchConfig, mappings: &[&TableMapping]
 
 fn version_finding(name: &str, url: &str, info: &serde_json::Value) -> Finding {
     let version = info["version"]["number"].as_str().unwrap_or("unknown");
-    let product = if info["version"]["distribution"] == "opensearch" { "OpenSearch" } else { "Elasticsearch" };
+    let product = if info["version"]["distribution"] == "opensearch" {
+        "OpenSearch"
+    } else {
+        "Elasticsearch"
+    };
     let major: u32 = version.split('.').next().and_then(|m| m.parse().ok()).unwrap_or(0);
     let supported = match product {
         "OpenSearch" => major >= 2,
@@ -58,7 +70,9 @@ fn version_finding(name: &str, url: &str, info: &serde_json::Value) -> Finding {
     if supported {
         Finding::Ok(format!("sink {name}: {url} is {product} {version}"))
     } else {
-        Finding::Warning(format!("sink {name}: {url} is {product} {version}; cdc is tested with Elasticsearch 8/9 and OpenSearch 2"))
+        Finding::Warning(format!(
+            "sink {name}: {url} is {product} {version}; cdc is tested with Elasticsearch 8/9 and OpenSearch 2"
+        ))
     }
 }
 
@@ -89,8 +103,13 @@ mod tests {
     #[test]
     fn the_version_names_the_product_and_flags_old_ones() {
         let os = serde_json::json!({"version": {"distribution": "opensearch", "number": "2.19.6"}});
-        assert_eq!(version_finding("s", "http://n", &os), Finding::Ok("sink s: http://n is OpenSearch 2.19.6".into()));
+        assert_eq!(
+            version_finding("s", "http://n", &os),
+            Finding::Ok("sink s: http://n is OpenSearch 2.19.6".into())
+        );
         let old = serde_json::json!({"version": {"number": "7.17.0"}});
-        assert!(matches!(version_finding("s", "http://n", &old), Finding::Warning(w) if w.contains("Elasticsearch 7.17.0")));
+        assert!(
+            matches!(version_finding("s", "http://n", &old), Finding::Warning(w) if w.contains("Elasticsearch 7.17.0"))
+        );
     }
 }

@@ -28,11 +28,19 @@ pub enum Target {
 pub async fn lookup(service: &Service, name: &str) -> anyhow::Result<Target> {
     let reply = service.get(&format!("/_alias/{}", encode(name))).await?;
     if reply.ok() {
-        let indexes = reply.json().as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+        let indexes = reply
+            .json()
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
         return Ok(Target::Alias(indexes));
     }
     if reply.status == 401 || reply.status == 403 {
-        bail!("{} refused the credentials (HTTP {}): check username/password or api_key", service.url, reply.status);
+        bail!(
+            "{} refused the credentials (HTTP {}): check username/password or api_key",
+            service.url,
+            reply.status
+        );
     }
     if reply.status != 404 {
         bail!("looking up alias {name}: HTTP {}: {}", reply.status, reply.text());
@@ -50,7 +58,10 @@ pub async fn ensure(service: &Service, alias: &str, settings: Option<&Path>) -> 
     match lookup(service, alias).await? {
         Target::Alias(_) => Ok(()),
         Target::Index => {
-            tracing::warn!(index = alias, "{alias} is an index, not an alias: cdc writes to it, but a truncate must delete and recreate it");
+            tracing::warn!(
+                index = alias,
+                "{alias} is an index, not an alias: cdc writes to it, but a truncate must delete and recreate it"
+            );
             Ok(())
         }
         Target::Absent => {
@@ -70,7 +81,9 @@ pub async fn truncate(service: &Service, alias: &str, settings: Option<&Path>) -
         }
         Target::Index => {
             // No alias to swap: the index must go before one can take its name as an alias.
-            let reply = service.send(Method::Delete, &format!("/{}", encode(alias)), None).await?;
+            let reply = service
+                .send(Method::Delete, &format!("/{}", encode(alias)), None)
+                .await?;
             if !reply.ok() && reply.status != 404 {
                 bail!("deleting index {alias}: HTTP {}: {}", reply.status, reply.text());
             }
@@ -84,7 +97,11 @@ pub async fn truncate(service: &Service, alias: &str, settings: Option<&Path>) -
             let body = serde_json::to_vec(&json!({ "actions": actions }))?;
             let reply = service.send(Method::Post, "/_aliases", Some(Bytes::from(body))).await?;
             if !reply.ok() {
-                bail!("swapping alias {alias} to {physical}: HTTP {}: {}", reply.status, reply.text());
+                bail!(
+                    "swapping alias {alias} to {physical}: HTTP {}: {}",
+                    reply.status,
+                    reply.text()
+                );
             }
             tracing::info!(alias, index = %physical, dropped = ?old, "truncate: pointed the alias at a fresh empty index");
         }
@@ -94,13 +111,24 @@ pub async fn truncate(service: &Service, alias: &str, settings: Option<&Path>) -
 
 /// Creates `<alias>_<UTC time>` with the settings file's settings and mappings, with the alias
 /// when `with_alias`. Returns its name.
-async fn create_physical(service: &Service, alias: &str, settings: Option<&Path>, with_alias: bool) -> anyhow::Result<String> {
+async fn create_physical(
+    service: &Service,
+    alias: &str,
+    settings: Option<&Path>,
+    with_alias: bool,
+) -> anyhow::Result<String> {
     let physical = format!("{alias}_{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
     let mut body = read_settings(settings)?;
     if with_alias {
         body["aliases"] = json!({ alias: {} });
     }
-    let reply = service.send(Method::Put, &format!("/{}", encode(&physical)), Some(Bytes::from(serde_json::to_vec(&body)?))).await?;
+    let reply = service
+        .send(
+            Method::Put,
+            &format!("/{}", encode(&physical)),
+            Some(Bytes::from(serde_json::to_vec(&body)?)),
+        )
+        .await?;
     if !reply.ok() {
         bail!("creating index {physical}: HTTP {}: {}", reply.status, reply.text());
     }
@@ -113,7 +141,10 @@ pub fn read_settings(path: Option<&Path>) -> anyhow::Result<Json> {
     let text = std::fs::read(path).with_context(|| format!("reading index settings {}", path.display()))?;
     let body: Json = serde_json::from_slice(&text).with_context(|| format!("{} is not JSON", path.display()))?;
     if !body.is_object() {
-        bail!("{} must hold a JSON object like {{\"settings\": {{...}}, \"mappings\": {{...}}}}", path.display());
+        bail!(
+            "{} must hold a JSON object like {{\"settings\": {{...}}, \"mappings\": {{...}}}}",
+            path.display()
+        );
     }
     Ok(body)
 }
@@ -121,5 +152,8 @@ pub fn read_settings(path: Option<&Path>) -> anyhow::Result<Json> {
 /// Index and alias names go into URL paths; the few characters they may hold that a path
 /// treats specially are escaped.
 fn encode(name: &str) -> String {
-    name.replace('%', "%25").replace('#', "%23").replace('?', "%3F").replace(' ', "%20")
+    name.replace('%', "%25")
+        .replace('#', "%23")
+        .replace('?', "%3F")
+        .replace(' ', "%20")
 }

@@ -39,7 +39,13 @@ use crate::sinks::SinkMsg;
 
 /// Runs the sink named `name` until its channel closes; `source_url` is the database the events
 /// come from (for reading back TOAST values and storing dead letters).
-pub async fn run(name: String, config: SearchConfig, source_url: String, rx: mpsc::Receiver<SinkMsg>, ack: Ack) -> anyhow::Result<()> {
+pub async fn run(
+    name: String,
+    config: SearchConfig,
+    source_url: String,
+    rx: mpsc::Receiver<SinkMsg>,
+    ack: Ack,
+) -> anyhow::Result<()> {
     let name: Arc<str> = Arc::from(name);
     let shared = Arc::new(sink::Shared {
         service: service::Service::new(&config)?,

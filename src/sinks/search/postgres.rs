@@ -17,7 +17,10 @@ pub struct Postgres {
 
 impl Postgres {
     pub fn new(url: &str) -> Postgres {
-        Postgres { url: Arc::from(url), client: Arc::default() }
+        Postgres {
+            url: Arc::from(url),
+            client: Arc::default(),
+        }
     }
 
     /// The open connection, or a new one.

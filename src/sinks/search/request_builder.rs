@@ -49,7 +49,11 @@ impl Batch {
 
     /// The documents this batch writes at `version`.
     pub fn docs_at(&self, version: u64) -> HashSet<DocKey> {
-        self.actions.iter().filter(|a| a.version == version).map(|a| a.doc.clone()).collect()
+        self.actions
+            .iter()
+            .filter(|a| a.version == version)
+            .map(|a| a.doc.clone())
+            .collect()
     }
 
     /// Empties the batch, returning its actions.
@@ -78,9 +82,28 @@ mod tests {
     use crate::sinks::search::encoder::Write;
 
     fn action(id: &str, version: u64, write: Write) -> Action {
-        let position = Position { commit_lsn: Lsn(version), ..Position::default() };
-        let event = Arc::new(Event::new(Op::Create, Arc::new(TableName::parse("t")), None, None, None, None, position));
-        Action { doc: DocKey { index: Arc::from("t"), id: id.into() }, version, write, event }
+        let position = Position {
+            commit_lsn: Lsn(version),
+            ..Position::default()
+        };
+        let event = Arc::new(Event::new(
+            Op::Create,
+            Arc::new(TableName::parse("t")),
+            None,
+            None,
+            None,
+            None,
+            position,
+        ));
+        Action {
+            doc: DocKey {
+                index: Arc::from("t"),
+                id: id.into(),
+            },
+            version,
+            write,
+            event,
+        }
     }
 
     #[test]

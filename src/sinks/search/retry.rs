@@ -57,14 +57,22 @@ const DOCUMENT_ERRORS: &[&str] = &[
 ];
 
 /// Errors that say "not now", whatever their status.
-const TRANSIENT_ERRORS: &[&str] = &["es_rejected_execution_exception", "opensearch_rejected_execution_exception", "circuit_breaking_exception"];
+const TRANSIENT_ERRORS: &[&str] = &[
+    "es_rejected_execution_exception",
+    "opensearch_rejected_execution_exception",
+    "circuit_breaking_exception",
+];
 
 /// Judges one bulk response of `sent` items.
 pub fn classify(status: u16, body: &[u8], sent: usize) -> Result<Vec<Outcome>, RequestFailed> {
     if !(200..300).contains(&status) {
         return Err(request_failed(status, body));
     }
-    let unreadable = |e: serde_json::Error| RequestFailed { status, reason: format!("unreadable bulk response ({e})"), auth: false };
+    let unreadable = |e: serde_json::Error| RequestFailed {
+        status,
+        reason: format!("unreadable bulk response ({e})"),
+        auth: false,
+    };
     // Most responses have no error: count their items without building them.
     let summary: Summary = serde_json::from_slice(body).map_err(unreadable)?;
     if summary.items.len() != sent {
@@ -78,7 +86,11 @@ pub fn classify(status: u16, body: &[u8], sent: usize) -> Result<Vec<Outcome>, R
         return Ok(vec![Outcome::Done; sent]);
     }
     let response: BulkResponse = serde_json::from_slice(body).map_err(unreadable)?;
-    Ok(response.items.iter().map(|item| item.values().next().map_or(Outcome::Done, outcome)).collect())
+    Ok(response
+        .items
+        .iter()
+        .map(|item| item.values().next().map_or(Outcome::Done, outcome))
+        .collect())
 }
 
 #[derive(Deserialize)]
@@ -113,7 +125,9 @@ fn request_failed(status: u16, body: &[u8]) -> RequestFailed {
         error: serde_json::Value,
     }
     let reason = match serde_json::from_slice::<ErrorBody>(body) {
-        Ok(ErrorBody { error: serde_json::Value::Object(e) }) => {
+        Ok(ErrorBody {
+            error: serde_json::Value::Object(e),
+        }) => {
             let kind = e.get("type").and_then(|v| v.as_str()).unwrap_or("error");
             let reason = e.get("reason").and_then(|v| v.as_str()).unwrap_or("");
             format!("{kind}: {reason}")
@@ -121,7 +135,11 @@ fn request_failed(status: u16, body: &[u8]) -> RequestFailed {
         Ok(ErrorBody { error }) => error.to_string(),
         Err(_) => String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned(),
     };
-    RequestFailed { status, reason: format!("HTTP {status}: {reason}"), auth: status == 401 || status == 403 }
+    RequestFailed {
+        status,
+        reason: format!("HTTP {status}: {reason}"),
+        auth: status == 401 || status == 403,
+    }
 }
 
 #[cfg(test)]
@@ -150,10 +168,15 @@ mod tests {
         assert_eq!(outcomes[0], Outcome::Done);
         assert_eq!(outcomes[1], Outcome::Stale);
         assert_eq!(outcomes[2], Outcome::Done, "deleting an absent document is done");
-        assert!(matches!(&outcomes[3], Outcome::Dead(r) if r.starts_with("mapper_parsing_exception: failed to parse field [a]")));
+        assert!(
+            matches!(&outcomes[3], Outcome::Dead(r) if r.starts_with("mapper_parsing_exception: failed to parse field [a]"))
+        );
         assert!(matches!(&outcomes[4], Outcome::Retry(r) if r.starts_with("es_rejected_execution_exception")));
         assert!(matches!(&outcomes[5], Outcome::Retry(_)), "an unavailable shard heals");
-        assert!(matches!(&outcomes[6], Outcome::Retry(_)), "a read-only index is the node's state, not the document's");
+        assert!(
+            matches!(&outcomes[6], Outcome::Retry(_)),
+            "a read-only index is the node's state, not the document's"
+        );
     }
 
     #[test]
@@ -161,7 +184,10 @@ mod tests {
         let body = br#"{"error":{"root_cause":[],"type":"security_exception","reason":"unable to authenticate user [elastic]"},"status":401}"#;
         let failed = classify(401, body, 1).unwrap_err();
         assert!(failed.auth);
-        assert_eq!(failed.reason, "HTTP 401: security_exception: unable to authenticate user [elastic]");
+        assert_eq!(
+            failed.reason,
+            "HTTP 401: security_exception: unable to authenticate user [elastic]"
+        );
         let overloaded = classify(429, b"Too Many Requests", 1).unwrap_err();
         assert!(!overloaded.auth);
         assert_eq!(overloaded.reason, "HTTP 429: Too Many Requests");

@@ -63,18 +63,29 @@ impl Service {
             TransportBuilder::new(MultiNodeConnectionPool::round_robin(urls, None))
         };
         if let Some(user) = &config.username {
-            builder = builder.auth(Credentials::Basic(user.clone(), config.password.clone().unwrap_or_default()));
+            builder = builder.auth(Credentials::Basic(
+                user.clone(),
+                config.password.clone().unwrap_or_default(),
+            ));
         }
         if let Some(key) = &config.api_key {
             builder = builder.auth(Credentials::EncodedApiKey(key.clone()));
         }
         if let Some(ca) = &config.ca_file {
             let pem = std::fs::read(ca).with_context(|| format!("reading ca_file {}", ca.display()))?;
-            let cert = Certificate::from_pem(&pem).with_context(|| format!("ca_file {} is not a PEM certificate", ca.display()))?;
+            let cert = Certificate::from_pem(&pem)
+                .with_context(|| format!("ca_file {} is not a PEM certificate", ca.display()))?;
             builder = builder.cert_validation(CertificateValidation::Full(cert));
         }
-        let transport = builder.timeout(config.request_timeout).build().context("building the HTTP client")?;
-        Ok(Service { client: Elasticsearch::new(transport), timeout: config.request_timeout, url: first.trim_end_matches('/').to_string() })
+        let transport = builder
+            .timeout(config.request_timeout)
+            .build()
+            .context("building the HTTP client")?;
+        Ok(Service {
+            client: Elasticsearch::new(transport),
+            timeout: config.request_timeout,
+            url: first.trim_end_matches('/').to_string(),
+        })
     }
 
     /// One request; `body` is JSON (or NDJSON for `_bulk`).
@@ -83,7 +94,10 @@ impl Service {
         if path.ends_with("_bulk") {
             headers.insert("content-type", "application/x-ndjson".parse().expect("a valid header"));
         }
-        let response = self.client.send::<Bytes, ()>(method, path, headers, None, body, Some(self.timeout)).await?;
+        let response = self
+            .client
+            .send::<Bytes, ()>(method, path, headers, None, body, Some(self.timeout))
+            .await?;
         let status = response.status_code().as_u16();
         let body = response.bytes().await?;
         Ok(Reply { status, body })

@@ -174,7 +174,10 @@ impl Sink {
         if let Some(version) = self.open_version {
             self.split.insert(seq, (version, self.batch.docs_at(version)));
         }
-        self.shared.stats.coalesced.fetch_add(std::mem::take(&mut self.batch.coalesced), Ordering::Relaxed);
+        self.shared
+            .stats
+            .coalesced
+            .fetch_add(std::mem::take(&mut self.batch.coalesced), Ordering::Relaxed);
         let actions = self.batch.take();
         let shared = self.shared.clone();
         self.in_flight.spawn(async move {
@@ -185,7 +188,9 @@ impl Sink {
     }
 
     fn overlaps_a_split_transaction(&self) -> bool {
-        self.split.values().any(|(version, docs)| self.batch.docs_at(*version).iter().any(|d| docs.contains(d)))
+        self.split
+            .values()
+            .any(|(version, docs)| self.batch.docs_at(*version).iter().any(|d| docs.contains(d)))
     }
 
     fn finish(&mut self, seq: u64) {
@@ -225,7 +230,10 @@ impl Sink {
         }
         let service = self.shared.service.clone();
         let settings = mapping.settings.clone();
-        retry_forever(&self.shared.health, &format!("preparing index {alias}"), || index::ensure(&service, alias, settings.as_deref())).await;
+        retry_forever(&self.shared.health, &format!("preparing index {alias}"), || {
+            index::ensure(&service, alias, settings.as_deref())
+        })
+        .await;
         self.ensured.insert(alias.clone());
     }
 
@@ -237,7 +245,10 @@ impl Sink {
         let service = self.shared.service.clone();
         let settings = mapping.settings.clone();
         tracing::info!(sink = %self.shared.name, table = %mapping.table, alias = %alias, "truncate: emptying the index");
-        retry_forever(&self.shared.health, &format!("truncating index {alias}"), || index::truncate(&service, alias, settings.as_deref())).await;
+        retry_forever(&self.shared.health, &format!("truncating index {alias}"), || {
+            index::truncate(&service, alias, settings.as_deref())
+        })
+        .await;
         self.ensured.insert(alias.clone());
         Ok(())
     }
@@ -245,7 +256,11 @@ impl Sink {
     async fn dead_letter_unencodable(&mut self, event: &Arc<Event>, alias: &str, error: &str) {
         tracing::error!(sink = %self.shared.name, table = %event.table, event = %event.id(), "cannot make a document: {error}; stored as a dead letter");
         let payload = dead_letter::unencodable_payload(event);
-        let letter = dead_letter::Letter { target: alias.to_string(), payload, error: error.to_string() };
+        let letter = dead_letter::Letter {
+            target: alias.to_string(),
+            payload,
+            error: error.to_string(),
+        };
         dead_letter::store(&self.shared, vec![letter]).await;
     }
 }
@@ -253,9 +268,11 @@ impl Sink {
 /// Sends one batch until every action is written, stale, or dead-lettered.
 async fn deliver(shared: &Shared, actions: Vec<Action>) {
     let mut actions = if actions.iter().any(|a| matches!(a.write, Write::IndexAfterRead { .. })) {
-        retry_forever(&shared.health, "reading back unchanged TOAST values from Postgres", || async {
-            toast::read_back(&*shared.pg.client().await?, actions.clone()).await
-        })
+        retry_forever(
+            &shared.health,
+            "reading back unchanged TOAST values from Postgres",
+            || async { toast::read_back(&*shared.pg.client().await?, actions.clone()).await },
+        )
         .await
     } else {
         actions
@@ -268,9 +285,18 @@ async fn deliver(shared: &Shared, actions: Vec<Action>) {
             Err(e) => Err(("unreachable", format!("cannot reach {}: {e}", shared.service.url))),
             Ok(reply) => retry::classify(reply.status, &reply.body, actions.len()).map_err(|f| {
                 if f.auth {
-                    ("credentials", format!("{} refused the credentials ({}): check username/password/api_key", shared.service.url, f.reason))
+                    (
+                        "credentials",
+                        format!(
+                            "{} refused the credentials ({}): check username/password/api_key",
+                            shared.service.url, f.reason
+                        ),
+                    )
                 } else {
-                    ("bulk failed", format!("bulk request to {} failed: {}", shared.service.url, f.reason))
+                    (
+                        "bulk failed",
+                        format!("bulk request to {} failed: {}", shared.service.url, f.reason),
+                    )
                 }
             }),
         };
@@ -307,7 +333,11 @@ async fn settle(shared: &Shared, actions: Vec<Action>, outcomes: Vec<Outcome>) -
                 again.push(action);
             }
             Outcome::Dead(reason) => {
-                letters.push(dead_letter::Letter { target: action.doc.index.to_string(), payload: dead_letter::action_payload(&action), error: reason });
+                letters.push(dead_letter::Letter {
+                    target: action.doc.index.to_string(),
+                    payload: dead_letter::action_payload(&action),
+                    error: reason,
+                });
             }
         }
     }
@@ -318,7 +348,10 @@ async fn settle(shared: &Shared, actions: Vec<Action>, outcomes: Vec<Outcome>) -
         dead_letter::store(shared, letters).await;
     }
     if let Some(reason) = first_retry {
-        shared.health.failing("documents not taken", &format!("{} documents were not taken: {reason}", again.len()));
+        shared.health.failing(
+            "documents not taken",
+            &format!("{} documents were not taken: {reason}", again.len()),
+        );
     }
     again
 }
@@ -345,7 +378,9 @@ where
 
 /// 200 ms doubling to 30 s, with some jitter so concurrent requests do not retry in step.
 fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(200).saturating_mul(1u32 << attempt.min(8)).min(Duration::from_secs(30));
+    let base = Duration::from_millis(200)
+        .saturating_mul(1u32 << attempt.min(8))
+        .min(Duration::from_secs(30));
     base + base.mul_f64(rand::random::<f64>() * 0.2)
 }
 
@@ -358,7 +393,10 @@ pub struct Health {
 
 impl Health {
     pub fn new(sink: Arc<str>) -> Health {
-        Health { sink, failing: Mutex::new(None) }
+        Health {
+            sink,
+            failing: Mutex::new(None),
+        }
     }
 
     fn failing(&self, kind: &str, reason: &str) {

@@ -31,17 +31,27 @@ pub async fn read_back(pg: &Client, actions: Vec<Action>) -> anyhow::Result<Vec<
         let wanted: Vec<&Action> = positions.iter().map(|&i| &actions[i]).collect();
         let rows = read_table(pg, &table, &wanted).await?;
         for (&i, action) in positions.iter().zip(&wanted) {
-            let doc = key_text(&action.event).and_then(|key| rows.get(&key)).and_then(|values| {
-                let new = action.event.new.as_ref()?;
-                let old = action.event.old.as_ref();
-                encode_document(new, |column| old.and_then(|o| o.get(column)).filter(|v| !v.is_unchanged_toast()).or_else(|| values.get(column))).ok()
-            });
+            let doc = key_text(&action.event)
+                .and_then(|key| rows.get(&key))
+                .and_then(|values| {
+                    let new = action.event.new.as_ref()?;
+                    let old = action.event.old.as_ref();
+                    encode_document(new, |column| {
+                        old.and_then(|o| o.get(column))
+                            .filter(|v| !v.is_unchanged_toast())
+                            .or_else(|| values.get(column))
+                    })
+                    .ok()
+                });
             filled.insert(i, doc);
         }
     }
     let gone = filled.values().filter(|d| d.is_none()).count();
     if gone > 0 {
-        tracing::debug!(gone, "rows to read back no longer exist; their deletes follow in the stream");
+        tracing::debug!(
+            gone,
+            "rows to read back no longer exist; their deletes follow in the stream"
+        );
     }
     Ok(actions
         .into_iter()
@@ -72,12 +82,24 @@ pub fn key_values(event: &Event) -> Option<Vec<(&str, String)>> {
 
 /// The key's values joined with a separator no text value holds, to look rows up.
 fn key_text(event: &Event) -> Option<String> {
-    Some(key_values(event)?.into_iter().map(|(_, v)| v).collect::<Vec<_>>().join("\u{0}"))
+    Some(
+        key_values(event)?
+            .into_iter()
+            .map(|(_, v)| v)
+            .collect::<Vec<_>>()
+            .join("\u{0}"),
+    )
 }
 
 /// Column → value maps of the wanted rows, by key text.
-async fn read_table(pg: &Client, table: &TableName, wanted: &[&Action]) -> anyhow::Result<HashMap<String, HashMap<String, Value>>> {
-    let Some(first) = wanted.iter().find_map(|a| key_values(&a.event)) else { return Ok(HashMap::new()) };
+async fn read_table(
+    pg: &Client,
+    table: &TableName,
+    wanted: &[&Action],
+) -> anyhow::Result<HashMap<String, HashMap<String, Value>>> {
+    let Some(first) = wanted.iter().find_map(|a| key_values(&a.event)) else {
+        return Ok(HashMap::new());
+    };
     let key_columns: Vec<&str> = first.iter().map(|(name, _)| *name).collect();
     let mut missing: Vec<&str> = Vec::new();
     for action in wanted {
@@ -98,7 +120,10 @@ async fn read_table(pg: &Client, table: &TableName, wanted: &[&Action]) -> anyho
         }
     }
     let sql = read_sql(table, &key_columns, &missing);
-    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params.iter().map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync)).collect();
+    let refs: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = params
+        .iter()
+        .map(|p| p as &(dyn tokio_postgres::types::ToSql + Sync))
+        .collect();
     let rows = pg.query(&sql, &refs).await?;
     let mut out = HashMap::with_capacity(rows.len());
     for row in rows {
@@ -120,8 +145,14 @@ async fn read_table(pg: &Client, table: &TableName, wanted: &[&Action]) -> anyho
 /// `SELECT k::text..., to_jsonb(c)... FROM t WHERE (k::text, ...) IN (unnest($1, ...))`: keys are
 /// compared as text, the form cdc received them in.
 fn read_sql(table: &TableName, key_columns: &[&str], columns: &[&str]) -> String {
-    let keys: Vec<String> = key_columns.iter().map(|k| format!("t.{}::text", quote_ident(k))).collect();
-    let values: Vec<String> = columns.iter().map(|c| format!("to_jsonb(t.{})::text", quote_ident(c))).collect();
+    let keys: Vec<String> = key_columns
+        .iter()
+        .map(|k| format!("t.{}::text", quote_ident(k)))
+        .collect();
+    let values: Vec<String> = columns
+        .iter()
+        .map(|c| format!("to_jsonb(t.{})::text", quote_ident(c)))
+        .collect();
     let params: Vec<String> = (1..=key_columns.len()).map(|i| format!("${i}::text[]")).collect();
     format!(
         "SELECT {}, {} FROM {} t WHERE ({}) IN (SELECT * FROM unnest({}))",

@@ -26,7 +26,11 @@ pub struct Item {
 
 impl Item {
     pub fn new(event: Arc<Event>, txn: TxnNo) -> Item {
-        Item { event, txn, merged_txns: Vec::new() }
+        Item {
+            event,
+            txn,
+            merged_txns: Vec::new(),
+        }
     }
 
     pub fn txns(&self) -> impl Iterator<Item = TxnNo> + '_ {
@@ -55,7 +59,11 @@ struct Open {
 
 impl Batcher {
     pub fn new(lanes: usize, max_events: usize, max_wait: Duration) -> Batcher {
-        Batcher { max_events, max_wait, open: (0..lanes).map(|_| Open::default()).collect() }
+        Batcher {
+            max_events,
+            max_wait,
+            open: (0..lanes).map(|_| Open::default()).collect(),
+        }
     }
 
     /// Adds an event to its lane's batch; returns the batch when it is full.
@@ -69,25 +77,36 @@ impl Batcher {
 
     /// Batches whose first event has waited long enough.
     pub fn due(&mut self, now: Instant) -> Vec<Ready> {
-        let lanes: Vec<usize> = (0..self.open.len()).filter(|&l| self.open[l].since.is_some_and(|s| s + self.max_wait <= now)).collect();
+        let lanes: Vec<usize> = (0..self.open.len())
+            .filter(|&l| self.open[l].since.is_some_and(|s| s + self.max_wait <= now))
+            .collect();
         lanes.into_iter().map(|l| self.take(l)).collect()
     }
 
     /// When the next batch falls due.
     pub fn deadline(&self) -> Option<Instant> {
-        self.open.iter().filter_map(|o| o.since).min().map(|s| s + self.max_wait)
+        self.open
+            .iter()
+            .filter_map(|o| o.since)
+            .min()
+            .map(|s| s + self.max_wait)
     }
 
     /// Every non-empty batch, at shutdown.
     pub fn flush_all(&mut self) -> Vec<Ready> {
-        let lanes: Vec<usize> = (0..self.open.len()).filter(|&l| !self.open[l].items.is_empty()).collect();
+        let lanes: Vec<usize> = (0..self.open.len())
+            .filter(|&l| !self.open[l].items.is_empty())
+            .collect();
         lanes.into_iter().map(|l| self.take(l)).collect()
     }
 
     fn take(&mut self, lane: usize) -> Ready {
         let open = &mut self.open[lane];
         open.since = None;
-        Ready { lane, items: std::mem::replace(&mut open.items, Vec::with_capacity(self.max_events)) }
+        Ready {
+            lane,
+            items: std::mem::replace(&mut open.items, Vec::with_capacity(self.max_events)),
+        }
     }
 }
 
@@ -112,7 +131,15 @@ mod tests {
 
     fn item(id: i64) -> Item {
         let key = Row(vec![(Arc::from("id"), Value::Int(id))]);
-        let e = Event::new(Op::Create, Arc::new(TableName::parse("t")), Some(key.clone()), None, Some(key), None, Position::default());
+        let e = Event::new(
+            Op::Create,
+            Arc::new(TableName::parse("t")),
+            Some(key.clone()),
+            None,
+            Some(key),
+            None,
+            Position::default(),
+        );
         Item::new(Arc::new(e), 0)
     }
 
@@ -120,7 +147,10 @@ mod tests {
     fn ten_thousand_events_make_four_hundred_batches_of_twenty_five() {
         let mut b = Batcher::new(1, 25, Duration::from_secs(30));
         let now = Instant::now();
-        let sizes: Vec<usize> = (0..10_000).filter_map(|i| b.push(item(i), now)).map(|r| r.items.len()).collect();
+        let sizes: Vec<usize> = (0..10_000)
+            .filter_map(|i| b.push(item(i), now))
+            .map(|r| r.items.len())
+            .collect();
         assert_eq!(sizes.len(), 400);
         assert!(sizes.iter().all(|&n| n == 25));
         assert!(b.flush_all().is_empty());
@@ -137,7 +167,11 @@ mod tests {
         b.push(item(2), t0 + Duration::from_secs(29));
         let due = b.due(t0 + Duration::from_secs(30));
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].items.len(), 2, "the wait counts from the first event, not the last");
+        assert_eq!(
+            due[0].items.len(),
+            2,
+            "the wait counts from the first event, not the last"
+        );
     }
 
     #[test]

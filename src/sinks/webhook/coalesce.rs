@@ -28,7 +28,11 @@ pub struct Coalescer {
 
 impl Coalescer {
     pub fn new(window: Duration) -> Coalescer {
-        Coalescer { window, held: HashMap::new(), order: VecDeque::new() }
+        Coalescer {
+            window,
+            held: HashMap::new(),
+            order: VecDeque::new(),
+        }
     }
 
     /// Takes an event; returns the events that must leave now, in order.
@@ -38,7 +42,10 @@ impl Coalescer {
             out.push(item);
             return out;
         };
-        let row = (item.event.table.clone(), serde_json::to_string(key).expect("a row always serializes"));
+        let row = (
+            item.event.table.clone(),
+            serde_json::to_string(key).expect("a row always serializes"),
+        );
         let mut out = Vec::new();
         let item = match self.held.remove(&row) {
             Some((_, prev)) if prev.event.op == Op::Delete => {
@@ -104,7 +111,11 @@ fn merge(prev: Item, next: Item) -> Item {
     let mut merged_txns = prev.merged_txns;
     merged_txns.push(prev.txn);
     merged_txns.extend(next.merged_txns);
-    Item { event: Arc::new(merged), txn: next.txn, merged_txns }
+    Item {
+        event: Arc::new(merged),
+        txn: next.txn,
+        merged_txns,
+    }
 }
 
 fn union(x: &[Arc<str>], y: &[Arc<str>]) -> Vec<Arc<str>> {
@@ -123,9 +134,21 @@ mod tests {
     }
 
     fn ev(op: Op, id: i64, new: &[(&str, i64)], changed: Option<&[&str]>, seq: u32) -> Item {
-        let pos = Position { commit_lsn: Lsn(100 + seq as u64), seq, ..Position::default() };
+        let pos = Position {
+            commit_lsn: Lsn(100 + seq as u64),
+            seq,
+            ..Position::default()
+        };
         let new = (op != Op::Delete).then(|| row(new));
-        let e = Event::new(op, Arc::new(TableName::parse("docs")), Some(row(&[("id", id)])), None, new, changed.map(|c| c.iter().map(|n| Arc::from(*n)).collect()), pos);
+        let e = Event::new(
+            op,
+            Arc::new(TableName::parse("docs")),
+            Some(row(&[("id", id)])),
+            None,
+            new,
+            changed.map(|c| c.iter().map(|n| Arc::from(*n)).collect()),
+            pos,
+        );
         Item::new(Arc::new(e), seq as u64)
     }
 
@@ -137,16 +160,53 @@ mod tests {
     fn three_quick_updates_of_one_row_become_one_with_the_union_of_changed_columns() {
         let mut c = Coalescer::new(Duration::from_secs(10));
         let t0 = Instant::now();
-        assert!(c.push(ev(Op::Update, 1, &[("id", 1), ("a", 1), ("b", 0), ("c", 0)], Some(&["a"]), 1), t0).is_empty());
-        assert!(c.push(ev(Op::Update, 1, &[("id", 1), ("a", 1), ("b", 2), ("c", 0)], Some(&["b"]), 2), t0).is_empty());
-        assert!(c.push(ev(Op::Update, 1, &[("id", 1), ("a", 1), ("b", 2), ("c", 3)], Some(&["c", "a"]), 3), t0).is_empty());
+        assert!(c
+            .push(
+                ev(
+                    Op::Update,
+                    1,
+                    &[("id", 1), ("a", 1), ("b", 0), ("c", 0)],
+                    Some(&["a"]),
+                    1
+                ),
+                t0
+            )
+            .is_empty());
+        assert!(c
+            .push(
+                ev(
+                    Op::Update,
+                    1,
+                    &[("id", 1), ("a", 1), ("b", 2), ("c", 0)],
+                    Some(&["b"]),
+                    2
+                ),
+                t0
+            )
+            .is_empty());
+        assert!(c
+            .push(
+                ev(
+                    Op::Update,
+                    1,
+                    &[("id", 1), ("a", 1), ("b", 2), ("c", 3)],
+                    Some(&["c", "a"]),
+                    3
+                ),
+                t0
+            )
+            .is_empty());
         assert!(c.due(t0 + Duration::from_secs(9)).is_empty());
         let out = c.due(t0 + Duration::from_secs(10));
         assert_eq!(out.len(), 1);
         assert_eq!(changed(&out[0]), ["a", "b", "c"]);
         assert_eq!(out[0].event.new, Some(row(&[("id", 1), ("a", 1), ("b", 2), ("c", 3)])));
         assert_eq!(out[0].event.id(), "0/67:3");
-        assert_eq!(out[0].txns().collect::<Vec<_>>(), [3, 1, 2], "it stands for all three transactions");
+        assert_eq!(
+            out[0].txns().collect::<Vec<_>>(),
+            [3, 1, 2],
+            "it stands for all three transactions"
+        );
     }
 
     #[test]
@@ -156,7 +216,10 @@ mod tests {
         c.push(ev(Op::Create, 1, &[("id", 1)], None, 1), t0);
         c.push(ev(Op::Create, 2, &[("id", 2)], None, 2), t0 + Duration::from_millis(10));
         let out = c.due(t0 + Duration::from_secs(2));
-        assert_eq!(out.iter().map(|i| i.event.id()).collect::<Vec<_>>(), ["0/65:1", "0/66:2"]);
+        assert_eq!(
+            out.iter().map(|i| i.event.id()).collect::<Vec<_>>(),
+            ["0/65:1", "0/66:2"]
+        );
     }
 
     #[test]
@@ -185,7 +248,10 @@ mod tests {
         let out = c.push(ev(Op::Create, 1, &[("id", 1)], None, 2), t0);
         assert_eq!(out.len(), 1);
         assert_eq!(out[0].event.op, Op::Delete);
-        assert!(c.due(t0 + Duration::from_secs(1)).iter().all(|i| i.event.op == Op::Create));
+        assert!(c
+            .due(t0 + Duration::from_secs(1))
+            .iter()
+            .all(|i| i.event.op == Op::Create));
         assert!(c.drain().is_empty(), "the stale window of the delete releases nothing");
     }
 
@@ -194,10 +260,24 @@ mod tests {
         let mut c = Coalescer::new(Duration::from_secs(10));
         let t0 = Instant::now();
         c.push(ev(Op::Create, 1, &[("id", 1)], None, 1), t0);
-        let pos = Position { commit_lsn: Lsn(200), ..Position::default() };
-        let truncate = Event::new(Op::Truncate, Arc::new(TableName::parse("docs")), None, None, None, None, pos);
+        let pos = Position {
+            commit_lsn: Lsn(200),
+            ..Position::default()
+        };
+        let truncate = Event::new(
+            Op::Truncate,
+            Arc::new(TableName::parse("docs")),
+            None,
+            None,
+            None,
+            None,
+            pos,
+        );
         let out = c.push(Item::new(Arc::new(truncate), 9), t0);
-        assert_eq!(out.iter().map(|i| i.event.op).collect::<Vec<_>>(), [Op::Create, Op::Truncate]);
+        assert_eq!(
+            out.iter().map(|i| i.event.op).collect::<Vec<_>>(),
+            [Op::Create, Op::Truncate]
+        );
         assert_eq!(c.deadline(), None);
     }
 }

@@ -60,7 +60,10 @@ impl SinkSettings for WebhookConfig {
             if reqwest::header::HeaderName::try_from(name.as_str()).is_err() {
                 problems.push(Problem::new(format!("headers.{name}"), "not a valid HTTP header name"));
             } else if reqwest::header::HeaderValue::try_from(value.as_str()).is_err() {
-                problems.push(Problem::new(format!("headers.{name}"), "not a valid HTTP header value (control characters?)"));
+                problems.push(Problem::new(
+                    format!("headers.{name}"),
+                    "not a valid HTTP header value (control characters?)",
+                ));
             }
         }
         problems
@@ -146,14 +149,19 @@ fn all_ops() -> Vec<Op> {
 
 /// 5s, 30s, 2m, 10m, 30m, 1h, 3h, 6h, 12h, 24h: about 47 hours in all.
 pub fn default_retry() -> Vec<Duration> {
-    [5, 30, 120, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600].into_iter().map(Duration::from_secs).collect()
+    [5, 30, 120, 600, 1800, 3600, 3 * 3600, 6 * 3600, 12 * 3600, 24 * 3600]
+        .into_iter()
+        .map(Duration::from_secs)
+        .collect()
 }
 
 fn url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let url = String::deserialize(d)?;
     match reqwest::Url::parse(&url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(url),
-        _ => Err(serde::de::Error::custom(format!("url {url:?} is not an http:// or https:// URL"))),
+        _ => Err(serde::de::Error::custom(format!(
+            "url {url:?} is not an http:// or https:// URL"
+        ))),
     }
 }
 
@@ -167,11 +175,15 @@ fn optional_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>
 
 fn durations<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Duration>, D::Error> {
     let list = Vec::<String>::deserialize(d)?;
-    list.iter().map(|s| parse_duration(s).map_err(serde::de::Error::custom)).collect()
+    list.iter()
+        .map(|s| parse_duration(s).map_err(serde::de::Error::custom))
+        .collect()
 }
 
 fn rate_limit<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RateLimit>, D::Error> {
-    RateLimit::parse(&String::deserialize(d)?).map(Some).map_err(serde::de::Error::custom)
+    RateLimit::parse(&String::deserialize(d)?)
+        .map(Some)
+        .map_err(serde::de::Error::custom)
 }
 
 fn ops<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Op>, D::Error> {
@@ -179,7 +191,9 @@ fn ops<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Op>, D::Error> {
     names
         .iter()
         .map(|n| {
-            Op::parse(n).ok_or_else(|| serde::de::Error::custom(format!("events: {n:?} is not one of create, update, delete, truncate")))
+            Op::parse(n).ok_or_else(|| {
+                serde::de::Error::custom(format!("events: {n:?} is not one of create, update, delete, truncate"))
+            })
         })
         .collect()
 }

@@ -63,7 +63,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(name: String, config: WebhookConfig, db: Arc<Client>, recorder: Recorder, outbox_has_batches: bool) -> anyhow::Result<Endpoint> {
+    pub fn new(
+        name: String,
+        config: WebhookConfig,
+        db: Arc<Client>,
+        recorder: Recorder,
+        outbox_has_batches: bool,
+    ) -> anyhow::Result<Endpoint> {
         Ok(Endpoint {
             service: Service::new(&config)?,
             name,
@@ -81,7 +87,8 @@ impl Endpoint {
     /// Delivers the batch or hands it off durably. Errors are the state database's only.
     pub async fn hand_off(&self, batch: &Batch) -> anyhow::Result<HandOff> {
         if self.is_disabled() {
-            self.dead_letter(batch, 0, "the endpoint answered 410 Gone earlier and is disabled").await?;
+            self.dead_letter(batch, 0, "the endpoint answered 410 Gone earlier and is disabled")
+                .await?;
             return Ok(HandOff::Done);
         }
         match self.config.on_exhausted {
@@ -94,7 +101,9 @@ impl Endpoint {
         {
             let active = self.outbox_active.lock().await;
             if *active {
-                return self.store(batch, 0, SystemTime::now(), "queued behind earlier batches", active).await;
+                return self
+                    .store(batch, 0, SystemTime::now(), "queued behind earlier batches", active)
+                    .await;
             }
         }
         let response = self.attempt(Via::Direct, &batch.id, batch.body.clone()).await;
@@ -105,18 +114,27 @@ impl Endpoint {
                 self.disable();
                 self.dead_letter(batch, 1, &error).await
             }
-            Verdict::Retry { retry_after } => match retry::next_delay(&self.config.retry, 1, retry_after, retry::jitter()) {
-                Some(delay) => {
-                    let active = self.outbox_active.lock().await;
-                    self.store(batch, 1, SystemTime::now() + delay, &error, active).await
+            Verdict::Retry { retry_after } => {
+                match retry::next_delay(&self.config.retry, 1, retry_after, retry::jitter()) {
+                    Some(delay) => {
+                        let active = self.outbox_active.lock().await;
+                        self.store(batch, 1, SystemTime::now() + delay, &error, active).await
+                    }
+                    None => self.dead_letter(batch, 1, &error).await,
                 }
-                None => self.dead_letter(batch, 1, &error).await,
-            },
+            }
         }
     }
 
     /// Stores the batch and switches the endpoint to the outbox; the caller holds the switch.
-    async fn store(&self, batch: &Batch, attempts: i32, next: SystemTime, error: &str, mut active: tokio::sync::MutexGuard<'_, bool>) -> anyhow::Result<()> {
+    async fn store(
+        &self,
+        batch: &Batch,
+        attempts: i32,
+        next: SystemTime,
+        error: &str,
+        mut active: tokio::sync::MutexGuard<'_, bool>,
+    ) -> anyhow::Result<()> {
         let stored = outbox::NewBatch {
             sink: &self.name,
             batch_id: &batch.id,
@@ -143,7 +161,8 @@ impl Endpoint {
             }
             let response = self.attempt(Via::Direct, &batch.id, batch.body.clone()).await;
             let error = response.error.clone().unwrap_or_default();
-            let retry_after = match retry::classify(response.status, response.retry_after.as_deref(), SystemTime::now()) {
+            let retry_after = match retry::classify(response.status, response.retry_after.as_deref(), SystemTime::now())
+            {
                 Verdict::Delivered => return Ok(HandOff::Done),
                 Verdict::Gone => {
                     self.disable();
@@ -239,7 +258,12 @@ impl Endpoint {
     pub fn next_delay(&self, failures: u32, retry_after: Option<Duration>) -> Option<Duration> {
         match self.config.on_exhausted {
             OnExhausted::DeadLetter => retry::next_delay(&self.config.retry, failures, retry_after, retry::jitter()),
-            OnExhausted::Block => Some(retry::next_delay_forever(&self.config.retry, failures, retry_after, retry::jitter())),
+            OnExhausted::Block => Some(retry::next_delay_forever(
+                &self.config.retry,
+                failures,
+                retry_after,
+                retry::jitter(),
+            )),
         }
     }
 }

@@ -24,9 +24,17 @@ pub const FORMAT_VERSION: u32 = 1;
 pub fn event_bytes(event: &Event, payload: Payload) -> Bytes {
     match (payload, event.op, &event.changed) {
         (Payload::Changed, Op::Update, Some(changed)) => {
-            let keep = |name: &str| changed.iter().any(|c| &**c == name) || event.key.as_ref().is_some_and(|k| k.get(name).is_some());
-            let new = event.new.as_ref().map(|row| Row(row.0.iter().filter(|(name, _)| keep(name)).cloned().collect()));
-            event.with_rows(event.key.clone(), None, new, Some(changed.clone()), Op::Update).to_json().clone()
+            let keep = |name: &str| {
+                changed.iter().any(|c| &**c == name) || event.key.as_ref().is_some_and(|k| k.get(name).is_some())
+            };
+            let new = event
+                .new
+                .as_ref()
+                .map(|row| Row(row.0.iter().filter(|(name, _)| keep(name)).cloned().collect()));
+            event
+                .with_rows(event.key.clone(), None, new, Some(changed.clone()), Op::Update)
+                .to_json()
+                .clone()
         }
         _ => event.to_json().clone(),
     }
@@ -55,7 +63,8 @@ pub fn batch_id_of(sink: &str, events: &[Arc<Event>]) -> String {
 pub fn body(kind: &str, id: &str, sink: &str, created_at: &str, events: &[Bytes]) -> Bytes {
     let size = 128 + sink.len() + events.iter().map(|e| e.len() + 1).sum::<usize>();
     let mut buf = BytesMut::with_capacity(size).writer();
-    let head = serde_json::json!({"type": kind, "version": FORMAT_VERSION, "id": id, "sink": sink, "created_at": created_at});
+    let head =
+        serde_json::json!({"type": kind, "version": FORMAT_VERSION, "id": id, "sink": sink, "created_at": created_at});
     serde_json::to_writer(&mut buf, &head).expect("a JSON value always serializes");
     let mut buf = buf.into_inner();
     // Reopen the object to append the events array without re-serializing the events.
@@ -81,13 +90,27 @@ mod tests {
     }
 
     fn update(changed: Option<&[&str]>) -> Event {
-        let pos = Position { lsn: Lsn(0x10), commit_lsn: Lsn(0x20), seq: 1, xid: 7, committed_at_us: 0 };
+        let pos = Position {
+            lsn: Lsn(0x10),
+            commit_lsn: Lsn(0x20),
+            seq: 1,
+            xid: 7,
+            committed_at_us: 0,
+        };
         Event::new(
             Op::Update,
             Arc::new(TableName::parse("opinions")),
             Some(row(&[("id", Value::Int(9))])),
-            Some(row(&[("id", Value::Int(9)), ("title", Value::String("a".into())), ("body", Value::String("x".into()))])),
-            Some(row(&[("id", Value::Int(9)), ("title", Value::String("b".into())), ("body", Value::String("x".into()))])),
+            Some(row(&[
+                ("id", Value::Int(9)),
+                ("title", Value::String("a".into())),
+                ("body", Value::String("x".into())),
+            ])),
+            Some(row(&[
+                ("id", Value::Int(9)),
+                ("title", Value::String("b".into())),
+                ("body", Value::String("x".into())),
+            ])),
             changed.map(|c| c.iter().map(|n| Arc::from(*n)).collect()),
             pos,
         )
@@ -123,13 +146,22 @@ mod tests {
     #[test]
     fn the_body_is_an_envelope_around_the_events_in_order() {
         let events = [Bytes::from_static(br#"{"n":1}"#), Bytes::from_static(br#"{"n":2}"#)];
-        let b = json(&body("cdc.batch", "msg_1", "hook \"a\"", "2026-01-01T00:00:00Z", &events));
+        let b = json(&body(
+            "cdc.batch",
+            "msg_1",
+            "hook \"a\"",
+            "2026-01-01T00:00:00Z",
+            &events,
+        ));
         assert_eq!(
             b,
             serde_json::json!({"type": "cdc.batch", "version": 1, "id": "msg_1", "sink": "hook \"a\"",
                 "created_at": "2026-01-01T00:00:00Z", "events": [{"n": 1}, {"n": 2}]})
         );
-        assert_eq!(json(&body("cdc.batch", "m", "s", "t", &[]))["events"], serde_json::json!([]));
+        assert_eq!(
+            json(&body("cdc.batch", "m", "s", "t", &[]))["events"],
+            serde_json::json!([])
+        );
     }
 
     #[test]

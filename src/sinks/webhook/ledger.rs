@@ -43,7 +43,10 @@ impl Ledger {
     pub fn commit(&mut self, end_lsn: Lsn) {
         match self.txns.back_mut() {
             Some(t) if t.end_lsn.is_none() => t.end_lsn = Some(end_lsn),
-            _ => self.txns.push_back(Txn { outstanding: 0, end_lsn: Some(end_lsn) }),
+            _ => self.txns.push_back(Txn {
+                outstanding: 0,
+                end_lsn: Some(end_lsn),
+            }),
         }
     }
 

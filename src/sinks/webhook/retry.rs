@@ -14,7 +14,9 @@ pub enum Verdict {
     /// 410: the receiver asks never to be called again.
     Gone,
     /// Try again later; `retry_after` when the receiver said when.
-    Retry { retry_after: Option<Duration> },
+    Retry {
+        retry_after: Option<Duration>,
+    },
 }
 
 /// `status` is None when no response came (connection refused, timeout).
@@ -22,7 +24,9 @@ pub fn classify(status: Option<u16>, retry_after: Option<&str>, now: SystemTime)
     match status {
         Some(200..=299) => Verdict::Delivered,
         Some(410) => Verdict::Gone,
-        Some(429 | 503) => Verdict::Retry { retry_after: retry_after.and_then(|v| parse_retry_after(v, now)) },
+        Some(429 | 503) => Verdict::Retry {
+            retry_after: retry_after.and_then(|v| parse_retry_after(v, now)),
+        },
         _ => Verdict::Retry { retry_after: None },
     }
 }
@@ -40,14 +44,24 @@ pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 /// The wait after the `failures`-th failed attempt of a batch (1 for the first failure), or
 /// None when the schedule is exhausted. `jitter` scales the schedule's step (see [`jitter`]);
 /// a receiver's own `Retry-After` is taken as it is.
-pub fn next_delay(schedule: &[Duration], failures: u32, retry_after: Option<Duration>, jitter: f64) -> Option<Duration> {
+pub fn next_delay(
+    schedule: &[Duration],
+    failures: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Option<Duration> {
     let step = *schedule.get(failures.checked_sub(1)? as usize)?;
     Some(retry_after.unwrap_or_else(|| step.mul_f64(jitter)))
 }
 
 /// Like [`next_delay`], but past the end of the schedule its last step repeats: for
 /// `on_exhausted = "block"`, which never gives up.
-pub fn next_delay_forever(schedule: &[Duration], failures: u32, retry_after: Option<Duration>, jitter: f64) -> Duration {
+pub fn next_delay_forever(
+    schedule: &[Duration],
+    failures: u32,
+    retry_after: Option<Duration>,
+    jitter: f64,
+) -> Duration {
     let capped = failures.clamp(1, schedule.len().max(1) as u32);
     next_delay(schedule, capped, retry_after, jitter).unwrap_or(retry_after.unwrap_or(Duration::from_secs(1)))
 }
@@ -75,7 +89,11 @@ mod tests {
         assert_eq!(classify(Some(200), None, now()), Verdict::Delivered);
         assert_eq!(classify(Some(204), None, now()), Verdict::Delivered);
         for failure in [Some(301), Some(302), Some(400), Some(404), Some(500), Some(502), None] {
-            assert_eq!(classify(failure, None, now()), Verdict::Retry { retry_after: None }, "{failure:?}");
+            assert_eq!(
+                classify(failure, None, now()),
+                Verdict::Retry { retry_after: None },
+                "{failure:?}"
+            );
         }
     }
 
@@ -86,11 +104,33 @@ mod tests {
 
     #[test]
     fn too_many_requests_and_unavailable_honour_retry_after_in_seconds_or_as_a_date() {
-        assert_eq!(classify(Some(429), Some("7"), now()), Verdict::Retry { retry_after: Some(s(7)) });
-        assert_eq!(classify(Some(503), Some("Wed, 21 Oct 2015 07:28:30 GMT"), now()), Verdict::Retry { retry_after: Some(s(30)) });
-        assert_eq!(classify(Some(429), Some("Wed, 21 Oct 2015 07:00:00 GMT"), now()), Verdict::Retry { retry_after: Some(s(0)) });
-        assert_eq!(classify(Some(429), Some("soon"), now()), Verdict::Retry { retry_after: None });
-        assert_eq!(classify(Some(500), Some("7"), now()), Verdict::Retry { retry_after: None }, "only 429 and 503 say when");
+        assert_eq!(
+            classify(Some(429), Some("7"), now()),
+            Verdict::Retry {
+                retry_after: Some(s(7))
+            }
+        );
+        assert_eq!(
+            classify(Some(503), Some("Wed, 21 Oct 2015 07:28:30 GMT"), now()),
+            Verdict::Retry {
+                retry_after: Some(s(30))
+            }
+        );
+        assert_eq!(
+            classify(Some(429), Some("Wed, 21 Oct 2015 07:00:00 GMT"), now()),
+            Verdict::Retry {
+                retry_after: Some(s(0))
+            }
+        );
+        assert_eq!(
+            classify(Some(429), Some("soon"), now()),
+            Verdict::Retry { retry_after: None }
+        );
+        assert_eq!(
+            classify(Some(500), Some("7"), now()),
+            Verdict::Retry { retry_after: None },
+            "only 429 and 503 say when"
+        );
     }
 
     #[test]

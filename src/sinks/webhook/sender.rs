@@ -37,9 +37,19 @@ pub async fn run(endpoint: Arc<Endpoint>) -> anyhow::Result<()> {
 
 /// Waits until the batch is due, then makes one attempt and records its outcome.
 async fn send(endpoint: &Endpoint, stored: Stored) -> anyhow::Result<()> {
-    let batch = Batch { id: stored.batch_id.clone(), body: stored.body.into(), events: stored.events as usize };
+    let batch = Batch {
+        id: stored.batch_id.clone(),
+        body: stored.body.into(),
+        events: stored.events as usize,
+    };
     if endpoint.is_disabled() {
-        endpoint.dead_letter(&batch, stored.attempts, "the endpoint answered 410 Gone and is disabled").await?;
+        endpoint
+            .dead_letter(
+                &batch,
+                stored.attempts,
+                "the endpoint answered 410 Gone and is disabled",
+            )
+            .await?;
         return outbox::remove(&endpoint.db, stored.id).await.map_err(Into::into);
     }
     if let Ok(wait) = stored.next_attempt_at.duration_since(SystemTime::now()) {
@@ -59,10 +69,21 @@ async fn send(endpoint: &Endpoint, stored: Stored) -> anyhow::Result<()> {
         Verdict::Retry { retry_after } => match endpoint.next_delay(failures, retry_after) {
             Some(delay) => {
                 tracing::warn!(sink = %endpoint.name, batch = %batch.id, "attempt {failures} failed ({error}); next in {delay:?}");
-                outbox::reschedule(&endpoint.db, stored.id, failures as i32, SystemTime::now() + delay, &error).await?;
+                outbox::reschedule(
+                    &endpoint.db,
+                    stored.id,
+                    failures as i32,
+                    SystemTime::now() + delay,
+                    &error,
+                )
+                .await?;
                 return Ok(());
             }
-            None => endpoint.dead_letter(&batch, failures as i32, &format!("{error} (after {failures} attempts)")).await?,
+            None => {
+                endpoint
+                    .dead_letter(&batch, failures as i32, &format!("{error} (after {failures} attempts)"))
+                    .await?
+            }
         },
     }
     outbox::remove(&endpoint.db, stored.id).await.map_err(Into::into)

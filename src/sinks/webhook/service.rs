@@ -42,8 +42,10 @@ impl Service {
         let mut headers = HeaderMap::new();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         for (name, value) in &config.headers {
-            let name = HeaderName::try_from(name.as_str()).with_context(|| format!("headers: {name:?} is not a valid header name"))?;
-            let value = HeaderValue::try_from(value.as_str()).with_context(|| format!("headers: the value of {name} is not a valid header value"))?;
+            let name = HeaderName::try_from(name.as_str())
+                .with_context(|| format!("headers: {name:?} is not a valid header name"))?;
+            let value = HeaderValue::try_from(value.as_str())
+                .with_context(|| format!("headers: the value of {name} is not a valid header value"))?;
             headers.insert(name, value);
         }
         let client = reqwest::Client::builder()
@@ -68,7 +70,10 @@ impl Service {
         if let Some(pacer) = &self.pacer {
             pacer.wait().await;
         }
-        let timestamp = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_secs() as i64;
+        let timestamp = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs() as i64;
         let mut request = self
             .client
             .post(self.url.clone())
@@ -82,7 +87,11 @@ impl Service {
         let result = async {
             let response = request.body(body).send().await?;
             let status = response.status().as_u16();
-            let retry_after = response.headers().get(RETRY_AFTER).and_then(|v| v.to_str().ok()).map(str::to_string);
+            let retry_after = response
+                .headers()
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string);
             // Reading the body to its end lets the connection be reused.
             let body = response.bytes().await?;
             Ok::<_, reqwest::Error>((status, retry_after, body))
@@ -97,7 +106,13 @@ impl Service {
                 error: (!(200..300).contains(&status)).then(|| format!("HTTP {status}")),
                 body_start: String::from_utf8_lossy(&body[..body.len().min(BODY_START)]).into_owned(),
             },
-            Err(e) => Response { status: None, retry_after: None, latency, error: Some(self.describe(&e)), body_start: String::new() },
+            Err(e) => Response {
+                status: None,
+                retry_after: None,
+                latency,
+                error: Some(self.describe(&e)),
+                body_start: String::new(),
+            },
         }
     }
 
@@ -129,7 +144,10 @@ struct Pacer {
 
 impl Pacer {
     fn new(limit: RateLimit) -> Pacer {
-        Pacer { interval: limit.interval(), next: Mutex::new(None) }
+        Pacer {
+            interval: limit.interval(),
+            next: Mutex::new(None),
+        }
     }
 
     /// Reserves the next free slot, then waits for it.

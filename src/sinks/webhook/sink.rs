@@ -31,9 +31,17 @@ const LANE_QUEUE: usize = 4;
 /// Events per transaction that a delivered batch stood for.
 type Released = Vec<(TxnNo, u64)>;
 
-pub async fn run(name: String, config: WebhookConfig, state_url: String, mut rx: mpsc::Receiver<SinkMsg>, ack: Ack) -> anyhow::Result<()> {
+pub async fn run(
+    name: String,
+    config: WebhookConfig,
+    state_url: String,
+    mut rx: mpsc::Receiver<SinkMsg>,
+    ack: Ack,
+) -> anyhow::Result<()> {
     let db = Arc::new(crate::source::connection::catalog(&state_url).await?);
-    let stored = outbox::len(&db, &name).await.context("reading the webhook outbox (has `cdc setup` been run?)")?;
+    let stored = outbox::len(&db, &name)
+        .await
+        .context("reading the webhook outbox (has `cdc setup` been run?)")?;
     if stored > 0 {
         tracing::info!(sink = %name, "{stored} batches wait in the outbox; they go first");
     }
@@ -41,13 +49,17 @@ pub async fn run(name: String, config: WebhookConfig, state_url: String, mut rx:
     let endpoint = Arc::new(Endpoint::new(name, config, db, recorder, stored > 0)?);
     let sender = tokio::spawn(super::sender::run(endpoint.clone()));
     let (released_tx, mut released_rx) = mpsc::unbounded_channel();
-    let mut lanes: Vec<Lane> = (0..endpoint.config.lanes.get()).map(|_| Lane::spawn(endpoint.clone(), released_tx.clone())).collect();
+    let mut lanes: Vec<Lane> = (0..endpoint.config.lanes.get())
+        .map(|_| Lane::spawn(endpoint.clone(), released_tx.clone()))
+        .collect();
     drop(released_tx);
 
     let mut pipeline = Pipeline::new(&endpoint);
     let mut msgs = Vec::with_capacity(1024);
     loop {
-        let deadline = pipeline.deadline().unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
+        let deadline = pipeline
+            .deadline()
+            .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
         tokio::select! {
             biased;
             Some(released) = released_rx.recv() => pipeline.release(released),
@@ -109,7 +121,10 @@ async fn dispatch(endpoint: &Endpoint, lanes: &mut [Lane], ready: Ready) -> anyh
 
 /// The request body of a batch and the transactions it stands for.
 fn build(endpoint: &Endpoint, items: Vec<Item>) -> (Batch, Released) {
-    let events: Vec<Bytes> = items.iter().map(|i| envelope::event_bytes(&i.event, endpoint.config.payload)).collect();
+    let events: Vec<Bytes> = items
+        .iter()
+        .map(|i| envelope::event_bytes(&i.event, endpoint.config.payload))
+        .collect();
     let first = items.first().map(|i| i.event.id()).unwrap_or_default();
     let last = items.last().map(|i| i.event.id()).unwrap_or_default();
     let id = envelope::batch_id(&endpoint.name, &first, &last, items.len());
@@ -122,7 +137,14 @@ fn build(endpoint: &Endpoint, items: Vec<Item>) -> (Batch, Released) {
             None => released.push((txn, 1)),
         }
     }
-    (Batch { id, body, events: items.len() }, released)
+    (
+        Batch {
+            id,
+            body,
+            events: items.len(),
+        },
+        released,
+    )
 }
 
 /// One ordered lane: one request in flight.
@@ -170,7 +192,11 @@ impl Pipeline {
             SinkMsg::Event { event, .. } if self.ops.contains(&event.op) => {
                 let item = Item::new(event, self.ledger.hold());
                 match &mut self.coalescer {
-                    Some(c) => c.push(item, now).into_iter().filter_map(|i| self.batcher.push(i, now)).collect(),
+                    Some(c) => c
+                        .push(item, now)
+                        .into_iter()
+                        .filter_map(|i| self.batcher.push(i, now))
+                        .collect(),
                     None => self.batcher.push(item, now).into_iter().collect(),
                 }
             }
