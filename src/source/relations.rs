@@ -95,6 +95,39 @@ impl RelationCache {
         Ok(relation)
     }
 
+    /// The columns of `table` as the stream sees them (attnum order; dropped and system columns
+    /// left out), with their value kinds. Paths that read rows with SQL instead of from the
+    /// stream (TOAST read-back, dead-letter replay, rebuild) select each column as `::text` in a
+    /// session with [`SESSION_OPTIONS`](crate::source::connection::SESSION_OPTIONS) and convert it
+    /// with [`row_from_text`], so a row gives the same values, byte for byte, on every path.
+    pub async fn table_columns(&mut self, catalog: &Client, table: &TableName) -> anyhow::Result<Vec<Column>> {
+        let rows = catalog
+            .query(
+                "SELECT a.attname::text, a.atttypid::int8 FROM pg_catalog.pg_attribute a \
+                 JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                 JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
+                 ORDER BY a.attnum",
+                &[&table.schema, &table.name],
+            )
+            .await?;
+        if rows.is_empty() {
+            anyhow::bail!("table {table} does not exist (or has no columns)");
+        }
+        let mut columns = Vec::with_capacity(rows.len());
+        for row in rows {
+            let name: String = row.get(0);
+            let type_oid = row.get::<_, i64>(1) as u32;
+            let kind = self.kind_of(type_oid, catalog).await?;
+            columns.push(Column {
+                name: Arc::from(name),
+                type_oid,
+                kind,
+            });
+        }
+        Ok(columns)
+    }
+
     async fn kind_of(&mut self, oid: u32, catalog: &Client) -> anyhow::Result<Kind> {
         if let Some(kind) = values::builtin_kind(oid) {
             return Ok(kind);
@@ -182,6 +215,22 @@ pub fn to_row(relation: &Relation, tuple: &pgoutput::TupleData<'_>) -> Row {
                 pgoutput::Cell::Text(text) => values::convert(&col.kind, text),
                 // cdc never asks for binary values; keep the bytes visible rather than fail.
                 pgoutput::Cell::Binary(bytes) => Value::String(String::from_utf8_lossy(bytes).into()),
+            };
+            (col.name.clone(), value)
+        })
+        .collect())
+}
+
+/// A row read with SQL, each column selected as `::text` in a session with the pinned settings
+/// (`None` for NULL), converted exactly as the stream converts the same row.
+pub fn row_from_text<'a>(columns: &[Column], texts: impl IntoIterator<Item = Option<&'a str>>) -> Row {
+    Row(columns
+        .iter()
+        .zip(texts)
+        .map(|(col, text)| {
+            let value = match text {
+                None => Value::Null,
+                Some(text) => values::convert(&col.kind, text.as_bytes()),
             };
             (col.name.clone(), value)
         })
