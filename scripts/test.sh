@@ -53,8 +53,16 @@ for a in "${cargo_args[@]+"${cargo_args[@]}"}"; do
 done
 
 build_cmd=(cargo test "${targets[@]+"${targets[@]}"}" "${cargo_args[@]+"${cargo_args[@]}"}" --no-run)
-test_cmd=(cargo test "${targets[@]+"${targets[@]}"}" "${cargo_args[@]+"${cargo_args[@]}"}")
+# --no-fail-fast: one failing suite must not hide the others' results.
+test_cmd=(cargo test --no-fail-fast "${targets[@]+"${targets[@]}"}" "${cargo_args[@]+"${cargo_args[@]}"}")
 if [[ ${#test_args[@]} -gt 0 ]]; then test_cmd+=(-- "${test_args[@]}"); fi
+
+# --- lint: the fastest failures first (the whole suite only, not a selection) --------------------
+if [[ $# -eq 0 && "${CDC_TEST_SKIP_LINT:-}" != 1 ]]; then
+    section "lint: cargo fmt --check; cargo clippy --all-targets -- -D warnings"
+    cargo fmt --check || die "cargo fmt --check found unformatted code: run \`cargo fmt\` and commit"
+    cargo clippy --all-targets -- -D warnings || die "cargo clippy found problems (above)"
+fi
 
 # --- build (before anything is started, so a compile error costs nothing) ---------------------
 section "build: ${build_cmd[*]}"
@@ -143,16 +151,32 @@ export RUST_BACKTRACE="${RUST_BACKTRACE:-1}"
 section "tests: ${test_cmd[*]}"
 # In the background, in a process group of its own (setsid), so that a signal to this script
 # runs the cleanup at once and the cleanup can stop cargo and everything it started.
+# Its output also goes to a log, for the summary of all suites at the end.
+LOG="$WORK/cargo-test.log"
+run_tests=(bash -o pipefail -c '"$@" 2>&1 | tee "$LOG"' test.sh "${test_cmd[@]}")
 set +e
 if command -v setsid >/dev/null 2>&1; then
-    setsid "${test_cmd[@]}" </dev/null &
+    LOG="$LOG" setsid "${run_tests[@]}" </dev/null &
     cargo_pgid=$!
 else
-    "${test_cmd[@]}" </dev/null &
+    LOG="$LOG" "${run_tests[@]}" </dev/null &
 fi
 wait $!
 status=$?
 set -e
 section "result"
+# One line per suite (cargo prints `Running <suite>` before its results), then the total.
+awk '
+    /^ *Running / { suite = $2 ($2 == "unittests" ? " " $3 : "") }
+    /^test result:/ {
+        passed = $4; failed = $6; sub(";", "", passed); sub(";", "", failed)
+        total_passed += passed; total_failed += failed
+        printf "  %-40s %5d passed, %d failed\n", suite, passed, failed
+    }
+    /^error: test failed, to rerun pass/ { failed_suites++ }
+    END {
+        if (failed_suites) printf "  %d suite(s) failed: see their output above\n", failed_suites
+        printf "total: %d passed, %d failed\n", total_passed, total_failed
+    }' "$LOG"
 if [[ $status -eq 0 ]]; then echo "test.sh: all tests passed"; else echo "test.sh: cargo test failed (exit status $status)"; fi
 exit "$status"

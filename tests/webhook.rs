@@ -492,11 +492,15 @@ async fn the_rate_limit_spaces_requests_at_the_receiver() {
         .await;
     receiver.wait_for_events(8, WAIT);
     let at: Vec<Instant> = receiver.delivered().iter().map(|q| q.received).collect();
-    for pair in at.windows(2) {
-        let gap = pair[1] - pair[0];
+    // The promise: at most 4 requests in any window of 1 s. cdc spaces them at least 250 ms
+    // apart when they leave; on the way to the receiver one request may be delayed more than the
+    // next (a busy 2-core machine), so allow 150 ms of that: any 5 requests span ≥ 850 ms.
+    for five in at.windows(5) {
+        let span = five[4] - five[0];
         assert!(
-            gap >= Duration::from_millis(230),
-            "two requests {gap:?} apart under 4 per second"
+            span >= Duration::from_millis(850),
+            "5 requests within {span:?} under a limit of 4 per second: {:?}",
+            at.iter().map(|t| *t - at[0]).collect::<Vec<_>>()
         );
     }
     r.done().await;

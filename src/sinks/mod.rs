@@ -77,12 +77,14 @@ impl Running {
     }
 }
 
-/// Starts every configured sink; returns the senders the router writes to (by sink name) and
-/// the running tasks.
+/// The channels the router writes to, by sink name.
+pub type Senders = Vec<(String, mpsc::Sender<SinkMsg>)>;
+
+/// Starts every configured sink; returns the senders the router writes to and the running tasks.
 pub fn spawn_all(
     config: &Config,
     checkpoint: &mut crate::checkpoint::Checkpoint,
-) -> anyhow::Result<(Vec<(String, mpsc::Sender<SinkMsg>)>, Running)> {
+) -> anyhow::Result<(Senders, Running)> {
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
     for (name, sink) in &config.sinks {

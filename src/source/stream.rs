@@ -67,18 +67,7 @@ pub async fn run(
         if *shutdown.borrow() {
             return Ok(Stop::Shutdown);
         }
-        match session(
-            source,
-            &target,
-            router,
-            sinks,
-            checkpoint,
-            shutdown,
-            stop_at,
-            &mut backoff,
-        )
-        .await
-        {
+        match session(source, router, sinks, checkpoint, shutdown, stop_at, &mut backoff).await {
             Ok(stop) => return Ok(stop),
             Err(SessionError::Fatal(e)) => return Err(e),
             Err(SessionError::Retry(e)) => {
@@ -108,7 +97,6 @@ impl From<anyhow::Error> for SessionError {
 
 async fn session(
     source: &SourceConfig,
-    target: &Target,
     router: &mut Router,
     sinks: &mut Running,
     checkpoint: &mut Checkpoint,
@@ -122,7 +110,8 @@ async fn session(
     // The replication client's own stop position compares it with the server's WAL end on
     // every message, which passes it in the middle of a large transaction; cdc stops at
     // transaction boundaries instead (see `reached`).
-    let cfg = replication_config(source, target);
+    let target = Target::parse(&source.url)?;
+    let cfg = replication_config(source, &target);
     let mut client = ReplicationClient::connect(cfg).await.context("starting replication")?;
     client.wait_started().await.map_err(|e| classify(e.into()))?;
     tracing::info!(slot = %source.slot, publication = %source.publication, "streaming from {}", target.describe());

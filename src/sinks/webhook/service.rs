@@ -2,7 +2,6 @@
 //! paced by the endpoint's rate limit. Both the direct path and the outbox sender go through
 //! here, so the rate limit holds across them.
 
-use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
@@ -137,29 +136,34 @@ impl Service {
 }
 
 /// Spaces requests evenly: at most `requests` per `per`, with no burst.
+///
+/// Each request waits until `interval` after the previous one was released, measured from when
+/// that one really left the pacer (not from when it was scheduled), so a late wake-up on a busy
+/// machine never lets the next request follow it closer: any window of `per` holds at most
+/// `requests` releases. The lock is tokio's fair mutex, held across the wait, so lanes take
+/// their turns in arrival order.
 struct Pacer {
     interval: Duration,
-    next: Mutex<Option<Instant>>,
+    last: tokio::sync::Mutex<Option<Instant>>,
 }
 
 impl Pacer {
     fn new(limit: RateLimit) -> Pacer {
         Pacer {
             interval: limit.interval(),
-            next: Mutex::new(None),
+            last: tokio::sync::Mutex::new(None),
         }
     }
 
-    /// Reserves the next free slot, then waits for it.
-    async fn wait(&self) {
-        let slot = {
-            let mut next = self.next.lock().expect("the pacer's lock is never poisoned");
-            let now = Instant::now();
-            let slot = next.map_or(now, |n| n.max(now));
-            *next = Some(slot + self.interval);
-            slot
-        };
-        tokio::time::sleep_until(slot).await;
+    /// Waits for this request's turn; returns the instant it was released.
+    async fn wait(&self) -> Instant {
+        let mut last = self.last.lock().await;
+        if let Some(previous) = *last {
+            tokio::time::sleep_until(previous + self.interval).await;
+        }
+        let now = Instant::now();
+        *last = Some(now);
+        now
     }
 }
 
@@ -167,18 +171,41 @@ impl Pacer {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn the_pacer_spaces_requests_by_the_interval() {
-        let pacer = Pacer::new(RateLimit::parse("4/1s").unwrap());
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_pacer_releases_at_most_the_limit_in_any_window() {
+        let pacer = std::sync::Arc::new(Pacer::new(RateLimit::parse("10/1s").unwrap()));
         let t0 = Instant::now();
+        // Two lanes asking at once, as the direct path and the outbox sender can.
+        let lanes: Vec<_> = (0..2)
+            .map(|_| {
+                let pacer = pacer.clone();
+                tokio::spawn(async move {
+                    let mut at = Vec::new();
+                    for _ in 0..6 {
+                        at.push(pacer.wait().await);
+                    }
+                    at
+                })
+            })
+            .collect();
         let mut at = Vec::new();
-        for _ in 0..3 {
-            pacer.wait().await;
-            at.push(t0.elapsed().as_millis());
+        for lane in lanes {
+            at.extend(lane.await.unwrap());
         }
-        assert!(at[0] < 200, "the first request goes at once: {at:?}");
-        for pair in at.windows(2) {
-            assert!(pair[1] - pair[0] >= 249, "requests 250 ms apart: {at:?}");
+        at.sort();
+        assert!(
+            at[0] - t0 < Duration::from_millis(500),
+            "the first request goes at once"
+        );
+        for (i, pair) in at.windows(2).enumerate() {
+            assert!(
+                pair[1] - pair[0] >= Duration::from_millis(100),
+                "releases {i} and {} only {:?} apart under 10 per second",
+                i + 1,
+                pair[1] - pair[0]
+            );
         }
+        // So no window of one second holds more than 10: the 1st and the 11th are ≥ 1 s apart.
+        assert!(at[10] - at[0] >= Duration::from_secs(1));
     }
 }
