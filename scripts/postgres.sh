@@ -9,7 +9,8 @@
 #   scripts/postgres.sh status DIR            # exit 0 when running
 #   scripts/postgres.sh install               # apt-get install postgresql when pg_ctl is missing
 #
-# The cluster is tuned for tests, never for data you care about: fsync=off, wal_level=logical,
+# The cluster is tuned for tests, never for data you care about: fsync=off, wal_level=logical
+# (CDC_PG_WAL_LEVEL=replica for a test of what cdc says on a cluster without logical decoding),
 # many slots and connections, trust auth on 127.0.0.1 and the unix socket (in DIR), plus a role
 # `cdc` (LOGIN REPLICATION, password 'cdc') that must use scram-sha-256 over TCP, so tests can
 # exercise password authentication.
@@ -136,7 +137,7 @@ listen_addresses = '127.0.0.1'
 port = $port
 unix_socket_directories = '$DIR'
 max_connections = 300
-wal_level = logical
+wal_level = ${CDC_PG_WAL_LEVEL:-logical}
 max_replication_slots = 64
 max_wal_senders = 64
 wal_sender_timeout = 60s

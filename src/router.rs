@@ -51,6 +51,11 @@ impl Router {
         Router { routes, sinks }
     }
 
+    /// Every `[[tables]]` mapping.
+    pub fn mappings(&self) -> impl Iterator<Item = &TableMapping> {
+        self.routes.values().flatten().map(|route| &*route.mapping)
+    }
+
     /// Drops every sender: each sink sees its channel close, delivers what it holds and ends.
     pub fn close(&mut self) {
         self.routes.clear();

@@ -159,3 +159,202 @@ async fn setup_makes_check_pass_is_idempotent_and_teardown_reports_the_retained_
         0
     );
 }
+
+#[tokio::test]
+async fn setup_refuses_a_table_whose_writes_it_would_break_and_changes_nothing() {
+    let db = new_database("setup_refuse").await;
+    db.exec(
+        "CREATE TABLE items (id int PRIMARY KEY); CREATE TABLE nopk (a int, b text); INSERT INTO nopk VALUES (1, 'x');",
+    )
+    .await;
+    let dir = support::temp_dir();
+    let tables = "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\n\n[[tables]]\ntable = \"nopk\"\nsinks = [\"out\"]\nkey = [\"a\"]\n";
+    let path = write_config(dir.path(), &config_for(&db.url, &db.name, tables));
+    let out = support::cdc(&["--config", path.to_str().unwrap(), "setup"]);
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("public.nopk has no primary key and no replica identity"),
+        "{err}"
+    );
+    assert!(
+        err.contains("ADD PRIMARY KEY") && err.contains("cdc setup --replica-identity-full public.nopk"),
+        "both fixes: {err}"
+    );
+    assert_eq!(
+        db.query_one_i64("SELECT count(*) FROM pg_publication").await,
+        0,
+        "nothing was published"
+    );
+    assert_eq!(
+        db.query_one_i64("SELECT count(*) FROM pg_replication_slots WHERE slot_name = current_database()")
+            .await,
+        0
+    );
+    db.exec("UPDATE nopk SET b = 'y'; DELETE FROM nopk;").await;
+}
+
+/// Every case `cdc setup` accepts leaves the application's UPDATE and DELETE working.
+#[tokio::test]
+async fn after_setup_the_applications_updates_and_deletes_keep_working() {
+    let db = new_database("setup_writes").await;
+    db.exec(
+        "CREATE TABLE pk (id int PRIMARY KEY, v text);
+         CREATE TABLE full_nopk (a int, v text);
+         CREATE TABLE by_index (id int, code text NOT NULL, v text);
+         CREATE UNIQUE INDEX by_index_code ON by_index (code);
+         ALTER TABLE by_index REPLICA IDENTITY USING INDEX by_index_code;
+         CREATE TABLE parts_pk (id int, at date, v text, PRIMARY KEY (id, at)) PARTITION BY RANGE (at);
+         CREATE TABLE parts_pk_1 PARTITION OF parts_pk FOR VALUES FROM ('2020-01-01') TO ('2030-01-01');
+         CREATE TABLE parts_full (id int, v text) PARTITION BY LIST (id);
+         CREATE TABLE parts_full_1 PARTITION OF parts_full FOR VALUES IN (1, 2);",
+    )
+    .await;
+    let dir = support::temp_dir();
+    let mut tables = String::new();
+    for (table, key) in [
+        ("pk", ""),
+        ("full_nopk", "key = [\"a\"]\n"),
+        ("by_index", ""),
+        ("parts_pk", ""),
+        ("parts_full", "key = [\"id\"]\n"),
+    ] {
+        tables.push_str(&format!("[[tables]]\ntable = \"{table}\"\nsinks = [\"out\"]\n{key}\n"));
+    }
+    let path = write_config(dir.path(), &config_for(&db.url, &db.name, &tables));
+    let path = path.to_str().unwrap();
+    let out = support::cdc(&[
+        "--config",
+        path,
+        "setup",
+        "--replica-identity-full",
+        "full_nopk",
+        "--replica-identity-full",
+        "parts_full",
+    ]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    db.exec(
+        "INSERT INTO pk VALUES (1, 'a'); INSERT INTO full_nopk VALUES (1, 'a'); INSERT INTO by_index VALUES (1, 'c1', 'a');
+         INSERT INTO parts_pk VALUES (1, '2024-01-01', 'a'); INSERT INTO parts_full VALUES (1, 'a');",
+    )
+    .await;
+    for table in ["pk", "full_nopk", "by_index", "parts_pk", "parts_full"] {
+        db.try_exec(&format!("UPDATE {table} SET v = 'b'"))
+            .await
+            .unwrap_or_else(|e| panic!("UPDATE {table} after cdc setup: {e}"));
+        db.try_exec(&format!("DELETE FROM {table}"))
+            .await
+            .unwrap_or_else(|e| panic!("DELETE FROM {table} after cdc setup: {e}"));
+    }
+    let check = support::cdc(&["--config", path, "check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", stdout_of(&check));
+}
+
+#[tokio::test]
+async fn a_key_that_deletes_cannot_carry_is_refused_by_check_and_run() {
+    let db = new_database("badkey").await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, sku text, title text);")
+        .await;
+    let dir = support::temp_dir();
+    let tables = "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\nkey = [\"sku\"]\n";
+    let path = write_config(dir.path(), &config_for(&db.url, &db.name, tables));
+    let path = path.to_str().unwrap();
+    assert!(support::cdc(&["--config", path, "setup"]).status.success());
+    let check = support::cdc(&["--config", path, "check"]);
+    let text = stdout_of(&check);
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("problem: public.items: the mapping's key") && l.contains("--replica-identity-full")),
+        "{text}"
+    );
+    let run = support::cdc_with_env_timeout(&["--config", path, "run"], &[], std::time::Duration::from_secs(60));
+    let err = stderr_of(&run);
+    assert!(!run.status.success(), "{err}");
+    assert!(err.contains("which Postgres does not send with deletes"), "{err}");
+    assert!(!err.contains("retrying in"), "no retry can fix a key: {err}");
+}
+
+#[tokio::test]
+async fn check_warns_about_a_document_id_outside_the_replica_identity() {
+    let db = new_database("idwarn").await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, sku text);").await;
+    let dir = support::temp_dir();
+    let tables = "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\nid = [\"sku\"]\n";
+    let path = write_config(dir.path(), &config_for(&db.url, &db.name, tables));
+    let path = path.to_str().unwrap();
+    assert!(support::cdc(&["--config", path, "setup"]).status.success());
+    let check = support::cdc(&["--config", path, "check"]);
+    let text = stdout_of(&check);
+    assert_eq!(check.status.code(), Some(0), "a warning only: {text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("warning: public.items: the document id [\"sku\"]")),
+        "{text}"
+    );
+}
+
+/// A second throwaway cluster with `wal_level = replica`, stopped when dropped.
+struct ReplicaCluster {
+    dir: support::TempDir,
+    url: String,
+}
+
+impl ReplicaCluster {
+    fn start() -> ReplicaCluster {
+        let dir = support::temp_dir();
+        let script = support::repo_root().join("scripts/postgres.sh");
+        let out = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("start")
+            .arg(dir.path().join("pg"))
+            .env("CDC_PG_WAL_LEVEL", "replica")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", stderr_of(&out));
+        let exports = stdout_of(&out);
+        let url = exports
+            .lines()
+            .find_map(|l| l.strip_prefix("export CDC_TEST_PG_URL='"))
+            .and_then(|l| l.strip_suffix('\''))
+            .expect("postgres.sh prints the URL")
+            .to_string();
+        ReplicaCluster { dir, url }
+    }
+}
+
+impl Drop for ReplicaCluster {
+    fn drop(&mut self) {
+        let script = support::repo_root().join("scripts/postgres.sh");
+        let _ = std::process::Command::new("bash")
+            .arg(&script)
+            .arg("stop")
+            .arg(self.dir.path().join("pg"))
+            .output();
+    }
+}
+
+#[tokio::test]
+async fn run_on_a_cluster_without_logical_decoding_ends_with_the_fix() {
+    let cluster = ReplicaCluster::start();
+    let client = support::connect(&cluster.url).await;
+    client
+        .batch_execute("CREATE TABLE items (id int PRIMARY KEY); CREATE PUBLICATION cdc FOR TABLE items;")
+        .await
+        .unwrap();
+    let dir = support::temp_dir();
+    let tables = "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\n";
+    let path = write_config(dir.path(), &config_for(&cluster.url, "cdc", tables));
+    let run = support::cdc_with_env_timeout(
+        &["--config", path.to_str().unwrap(), "run"],
+        &[],
+        std::time::Duration::from_secs(60),
+    );
+    let err = stderr_of(&run);
+    assert!(!run.status.success(), "{err}");
+    assert!(
+        err.contains("wal_level is replica") && err.contains("ALTER SYSTEM SET wal_level = logical"),
+        "{err}"
+    );
+    assert!(!err.contains("retrying in"), "no retry can fix wal_level: {err}");
+}

@@ -335,7 +335,8 @@ async fn transactions_over_several_tables_arrive_in_commit_order() {
 async fn projection_ops_and_key_from_the_mapping() {
     let mut r = start(
         "mapping",
-        "CREATE TABLE items (id int PRIMARY KEY, sku text, title text, secret text);",
+        // A key outside the primary key needs the whole old row, or deletes could not carry it.
+        "CREATE TABLE items (id int PRIMARY KEY, sku text, title text, secret text); ALTER TABLE items REPLICA IDENTITY FULL;",
         r#"[[tables]]
 table = "items"
 sinks = ["out"]
@@ -351,6 +352,11 @@ ops = ["create", "delete"]
     assert_eq!(ops(&events), ["create", "delete"]);
     assert_eq!(events[0]["new"], json!({"id": 1, "sku": "A-1", "title": "t"}));
     assert_eq!(events[0]["key"], json!({"sku": "A-1"}));
+    assert_eq!(
+        events[1]["key"],
+        json!({"sku": "A-1"}),
+        "the delete names the row by the same key"
+    );
 }
 
 #[tokio::test]
@@ -370,4 +376,27 @@ async fn a_partitioned_table_is_mapped_by_its_parent() {
         assert_eq!(e["table"], "measures", "partition changes carry the parent's name: {e}");
     }
     assert_eq!(events[1]["key"], json!({"id": 2, "at": "2026-06-01"}));
+}
+
+/// Under REPLICA IDENTITY USING INDEX a delete carries only the index's columns, so that index,
+/// not the primary key, is the key of every event of the table.
+#[tokio::test]
+async fn the_identity_index_is_the_key_under_replica_identity_using_index() {
+    let mut r = start(
+        "using_index",
+        "CREATE TABLE items (id int PRIMARY KEY, code text NOT NULL, title text);
+         CREATE UNIQUE INDEX items_code ON items (code);
+         ALTER TABLE items REPLICA IDENTITY USING INDEX items_code;",
+        "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\n",
+    )
+    .await;
+    r.db.exec("INSERT INTO items VALUES (1, 'c-1', 'a')").await;
+    r.db.exec("UPDATE items SET title = 'b' WHERE id = 1").await;
+    r.db.exec("DELETE FROM items WHERE id = 1").await;
+    let events = r.cdc.next_events(3, WAIT);
+    assert_eq!(ops(&events), ["create", "update", "delete"]);
+    for event in &events {
+        assert_eq!(event["key"], json!({"code": "c-1"}), "{event}");
+    }
+    assert_eq!(events[2]["old"], json!({"code": "c-1"}));
 }

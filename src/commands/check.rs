@@ -6,6 +6,7 @@ use tokio_postgres::Client;
 
 use crate::config::Config;
 use crate::source::connection;
+use crate::source::identity::Identity;
 
 #[derive(Default)]
 pub struct Report {
@@ -132,33 +133,12 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
 
     for m in &config.tables {
         let table = &m.table;
-        let row = c
-            .query_opt(
-                "SELECT c.oid::int8, c.relreplident::text, c.relkind::text, \
-                 EXISTS (SELECT 1 FROM pg_catalog.pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) \
-                 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                 WHERE n.nspname = $1 AND c.relname = $2",
-                &[&table.schema, &table.name],
-            )
-            .await?;
-        let Some(row) = row else {
+        let Some(identity) = Identity::read(c, table).await? else {
             r.problem(format!(
                 "table {table} does not exist in the database (tables[].table); create it or fix the name"
             ));
             continue;
         };
-        let oid: i64 = row.get(0);
-        let identity: String = row.get(1);
-        let has_pk: bool = row.get(3);
-        let columns: Vec<String> = c
-            .query(
-                "SELECT attname::text FROM pg_catalog.pg_attribute WHERE attrelid = $1::int8::oid AND attnum > 0 AND NOT attisdropped",
-                &[&oid],
-            )
-            .await?
-            .iter()
-            .map(|row| row.get(0))
-            .collect();
         let named = m
             .columns
             .iter()
@@ -169,22 +149,23 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
             .map(String::as_str)
             .chain(m.filter.iter().flat_map(|f| f.columns()));
         for col in named {
-            if !columns.iter().any(|c| c == col) {
+            if !identity.columns.iter().any(|c| c == col) {
                 r.problem(format!(
                     "{table} has no column {col:?} (named in its [[tables]] mapping); columns are: {}",
-                    columns.join(", ")
+                    identity.columns.join(", ")
                 ));
             }
         }
-        if !has_pk && m.key.is_none() && identity != "f" && identity != "i" {
-            r.problem(format!(
-                "{table} has no primary key: add one, or set `key = [...]` in its mapping and run `cdc setup --replica-identity-full {table}` (ALTER TABLE {} REPLICA IDENTITY FULL)",
-                table.quoted()
-            ));
-        } else if !has_pk && m.key.is_none() && identity == "f" {
-            r.problem(format!("{table} has REPLICA IDENTITY FULL but no primary key: set `key = [...]` in its mapping so events have a key"));
+        if let Some(refusal) = identity.refusal() {
+            r.problem(refusal);
+        } else if let Some(no_key) = identity.no_key(m) {
+            r.problem(no_key);
         }
-        if identity != "f" {
+        let (key_problems, id_warnings) = identity.check_mapping(m);
+        key_problems.into_iter().for_each(|p| r.problem(p));
+        id_warnings.into_iter().for_each(|w| r.warn(w));
+        let identity = identity.replica_identity;
+        if identity != b'f' {
             if m.filter.is_some() {
                 r.warn(format!(
                     "{table} has a filter but not REPLICA IDENTITY FULL: an update that leaves the filter is sent as a delete even if the row was never in it; `cdc setup --replica-identity-full {table}` makes it exact"

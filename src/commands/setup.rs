@@ -2,11 +2,12 @@
 //! slot, and cdc's own state schema; optionally sets REPLICA IDENTITY FULL on chosen tables.
 //! Safe to run again: it only adds what is missing.
 
-use anyhow::Context;
+use anyhow::{bail, Context};
 
 use crate::config::Config;
 use crate::event::{quote_ident, TableName};
 use crate::source::connection;
+use crate::source::identity::Identity;
 use crate::state;
 
 pub async fn run(config: &Config, replica_identity_full: &[String]) -> anyhow::Result<()> {
@@ -16,6 +17,46 @@ pub async fn run(config: &Config, replica_identity_full: &[String]) -> anyhow::R
     tables.sort();
     tables.dedup();
     let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    let full: Vec<TableName> = replica_identity_full.iter().map(|t| TableName::parse(t)).collect();
+
+    // Before changing anything: a published table without a replica identity makes the
+    // application's own UPDATE and DELETE on it fail, so such a table is refused.
+    let mut refusals = Vec::new();
+    for table in tables.iter().filter(|t| !full.contains(t)) {
+        match Identity::read(&client, table).await? {
+            None => refusals.push(format!(
+                "table {table} does not exist: create it, or fix its [[tables]] mapping"
+            )),
+            Some(identity) => refusals.extend(identity.refusal()),
+        }
+    }
+    if !refusals.is_empty() {
+        bail!("nothing was changed:\n{}", refusals.join("\n"));
+    }
+
+    // Before the publication, so a table is never published without its identity.
+    for table in &full {
+        // A partition does not inherit its parent's replica identity: set it on every leaf too.
+        let partitions: Vec<String> = client
+            .query(
+                "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_catalog.pg_partition_tree($1::text::regclass) t \
+                 JOIN pg_catalog.pg_class c ON c.oid = t.relid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                 WHERE t.relid <> $1::text::regclass AND c.relkind = 'r'",
+                &[&table.quoted()],
+            )
+            .await
+            .with_context(|| format!("reading the partitions of {table}"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        for quoted in std::iter::once(table.quoted()).chain(partitions) {
+            client
+                .batch_execute(&format!("ALTER TABLE {quoted} REPLICA IDENTITY FULL"))
+                .await
+                .with_context(|| format!("setting REPLICA IDENTITY FULL on {quoted}"))?;
+        }
+        println!("{table}: REPLICA IDENTITY FULL (updates and deletes now carry the whole old row)");
+    }
 
     let existing = client
         .query_opt(
@@ -66,15 +107,6 @@ pub async fn run(config: &Config, replica_identity_full: &[String]) -> anyhow::R
             }
             println!("publication {publication} covers every mapped table");
         }
-    }
-
-    for name in replica_identity_full {
-        let table = TableName::parse(name);
-        client
-            .batch_execute(&format!("ALTER TABLE {} REPLICA IDENTITY FULL", table.quoted()))
-            .await
-            .with_context(|| format!("setting REPLICA IDENTITY FULL on {table}"))?;
-        println!("{table}: REPLICA IDENTITY FULL (updates and deletes now carry the whole old row)");
     }
 
     state::ensure_schema(&client)

@@ -1,11 +1,13 @@
 //! Connections to Postgres: the URL → host/port/user, the catalog (regular) connection, and the
 //! checks that must pass before streaming (slot and publication exist).
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, NoTls};
 
-use crate::config::SourceConfig;
+use crate::config::{SourceConfig, TableMapping};
+use crate::source::errors::Unrecoverable;
+use crate::source::identity::Identity;
 
 /// Session settings for every connection whose text output cdc parses: value conversion relies
 /// on these formats, so server or role defaults never change what events contain.
@@ -79,9 +81,23 @@ pub async fn catalog(url: &str) -> anyhow::Result<Client> {
     Ok(client)
 }
 
-/// Before streaming: the publication must exist (`cdc setup` creates it); a missing slot is
-/// created here, so `cdc run` works on a database that only has the publication.
-pub async fn preflight(catalog: &Client, source: &SourceConfig) -> anyhow::Result<()> {
+/// Before streaming: `wal_level` must be logical and the publication must exist (`cdc setup`
+/// creates it); every mapping's key must be one Postgres sends with deletes. A missing slot is
+/// created here, so `cdc run` works on a database that only has the publication. Errors no
+/// retry can fix are [`Unrecoverable`].
+pub async fn preflight<'a>(
+    catalog: &Client,
+    source: &SourceConfig,
+    mappings: impl IntoIterator<Item = &'a TableMapping>,
+) -> anyhow::Result<()> {
+    let wal_level: String = catalog.query_one("SHOW wal_level", &[]).await?.get(0);
+    if wal_level != "logical" {
+        return Err(Unrecoverable(format!(
+            "wal_level is {wal_level}, and logical replication needs logical: run ALTER SYSTEM SET wal_level = logical; \
+             as a superuser, then restart Postgres"
+        ))
+        .into());
+    }
     let publication = catalog
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1",
@@ -89,11 +105,13 @@ pub async fn preflight(catalog: &Client, source: &SourceConfig) -> anyhow::Resul
         )
         .await?;
     if publication.is_none() {
-        bail!(
+        return Err(Unrecoverable(format!(
             "publication {:?} does not exist: run `cdc setup` to create it for the mapped tables",
             source.publication
-        );
+        ))
+        .into());
     }
+    check_keys(catalog, mappings).await?;
     let slot = catalog
         .query_opt(
             "SELECT plugin::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
@@ -104,7 +122,11 @@ pub async fn preflight(catalog: &Client, source: &SourceConfig) -> anyhow::Resul
         Some(row) => {
             let plugin: Option<String> = row.get(0);
             if plugin.as_deref() != Some("pgoutput") {
-                bail!("replication slot {:?} uses plugin {:?}, not pgoutput: drop it (`cdc teardown`) and run `cdc setup`", source.slot, plugin);
+                return Err(Unrecoverable(format!(
+                    "replication slot {:?} uses plugin {:?}, not pgoutput: drop it (`cdc teardown`) and run `cdc setup`",
+                    source.slot, plugin
+                ))
+                .into());
             }
         }
         None => {
@@ -120,4 +142,26 @@ pub async fn preflight(catalog: &Client, source: &SourceConfig) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+/// A mapping whose key Postgres does not send with deletes ends the run (deletes could not say
+/// which row they removed); a table whose events would have no key at all is streamed, loudly.
+async fn check_keys<'a>(catalog: &Client, mappings: impl IntoIterator<Item = &'a TableMapping>) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
+    for mapping in mappings {
+        let Some(identity) = Identity::read(catalog, &mapping.table).await? else {
+            // Not created yet: its Relation message will bring what the stream needs.
+            continue;
+        };
+        let (key_problems, _) = identity.check_mapping(mapping);
+        problems.extend(key_problems);
+        if let Some(no_key) = identity.no_key(mapping) {
+            tracing::warn!(table = %mapping.table, "{no_key}; its events are streamed with `key: null`");
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Unrecoverable(problems.join("\n")).into())
+    }
 }

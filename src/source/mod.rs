@@ -1,6 +1,8 @@
 //! The source: a replication connection to a pgoutput slot, decoded into events.
 //!
 //! - `connection`: the URL, the catalog connection, the checks before streaming.
+//! - `errors`: which errors end the run and which a reconnect heals (by SQLSTATE).
+//! - `identity`: what a table's old rows carry (replica identity, keys), from the catalog.
 //! - `pgoutput`: the wire format of pgoutput messages → borrowed message structs.
 //! - `relations`: the relation cache (OID → table, columns, key), kept current mid-stream.
 //! - `values`: Postgres text values → JSON values, by type.
@@ -10,6 +12,8 @@
 
 pub mod changes;
 pub mod connection;
+pub mod errors;
+pub mod identity;
 pub mod pgoutput;
 pub mod relations;
 pub mod stream;

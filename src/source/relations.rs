@@ -29,8 +29,8 @@ pub struct Relation {
     pub columns: Vec<Column>,
     /// b'd' default (primary key), b'f' full, b'i' index, b'n' nothing.
     pub replica_identity: u8,
-    /// Indices of the key columns: the primary key from the catalog, else the replica identity
-    /// index columns. Empty when the table has neither (a mapping's `key` must then name them).
+    /// Indices of the key columns: the replica identity index's under `USING INDEX`, else the
+    /// primary key's. Empty when the table has neither (a mapping's `key` must then name them).
     pub key: Vec<usize>,
 }
 
@@ -66,12 +66,10 @@ impl RelationCache {
                 kind,
             });
         }
-        let pk = primary_key(catalog, msg.oid).await?;
-        let key = if !pk.is_empty() {
-            pk.iter()
-                .filter_map(|name| columns.iter().position(|c| &*c.name == name))
-                .collect()
-        } else if msg.replica_identity != b'f' {
+        // Under REPLICA IDENTITY USING INDEX old rows carry only that index's columns (flagged in
+        // the message), so they are the key a delete can name. Otherwise the primary key: under
+        // DEFAULT it is what is flagged; under FULL every column is flagged, so ask the catalog.
+        let key = if msg.replica_identity == b'i' {
             msg.columns
                 .iter()
                 .enumerate()
@@ -79,7 +77,11 @@ impl RelationCache {
                 .map(|(i, _)| i)
                 .collect()
         } else {
-            Vec::new()
+            primary_key(catalog, msg.oid)
+                .await?
+                .iter()
+                .filter_map(|name| columns.iter().position(|c| &*c.name == name))
+                .collect()
         };
         let relation = Arc::new(Relation {
             oid: msg.oid,

@@ -19,6 +19,7 @@ use crate::router::Router;
 use crate::sinks::Running;
 use crate::source::changes;
 use crate::source::connection::{self, Target};
+use crate::source::errors;
 use crate::source::pgoutput::{self, Message};
 use crate::source::relations::RelationCache;
 
@@ -105,7 +106,9 @@ async fn session(
     backoff: &mut Backoff,
 ) -> Result<Stop, SessionError> {
     let catalog = connection::catalog(&source.url).await.map_err(classify)?;
-    connection::preflight(&catalog, source).await.map_err(classify)?;
+    connection::preflight(&catalog, source, router.mappings())
+        .await
+        .map_err(classify)?;
 
     // The replication client's own stop position compares it with the server's WAL end on
     // every message, which passes it in the middle of a large transaction; cdc stops at
@@ -313,17 +316,9 @@ fn to_pg(lsn: Lsn) -> pgwire_replication::Lsn {
     pgwire_replication::Lsn::from_u64(lsn.0)
 }
 
-/// Errors that no retry can fix end the run with their message.
+/// Errors that no retry can fix end the run with their message (see `errors`).
 fn classify(e: anyhow::Error) -> SessionError {
-    let text = format!("{e:#}");
-    let fatal = [
-        "does not exist",
-        "password authentication failed",
-        "permission denied",
-        "must be superuser or replication role",
-        "no pg_hba.conf entry",
-    ];
-    if fatal.iter().any(|f| text.contains(f)) {
+    if errors::is_fatal(&e) {
         SessionError::Fatal(e)
     } else {
         SessionError::Retry(e)

@@ -1,0 +1,91 @@
+//! Which errors a reconnect can heal and which end `cdc run`, decided by SQLSTATE (never by
+//! the message text, which `lc_messages` translates) and by cdc's own [`Unrecoverable`].
+
+use pgwire_replication::PgWireError;
+
+/// An error no retry can fix (no publication, `wal_level` not logical, a key Postgres cannot
+/// send): `cdc run` ends with its message, which says what to do.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unrecoverable(pub String);
+
+/// Whether retrying cannot help: cdc's own verdict, else the server's SQLSTATE. Errors without
+/// one (refused connections, resets, timeouts) are worth retrying.
+pub fn is_fatal(e: &anyhow::Error) -> bool {
+    if e.chain().any(|c| c.is::<Unrecoverable>()) {
+        return true;
+    }
+    sqlstate(e).is_some_and(|code| fatal_sqlstate(&code))
+}
+
+/// The SQLSTATE of the first server error in the chain, from tokio-postgres or the replication
+/// client (which puts it in its message as `(SQLSTATE 28P01)`).
+pub fn sqlstate(e: &anyhow::Error) -> Option<String> {
+    e.chain().find_map(|cause| {
+        if let Some(pg) = cause.downcast_ref::<tokio_postgres::Error>() {
+            return pg.code().map(|c| c.code().to_string());
+        }
+        match cause.downcast_ref::<PgWireError>() {
+            Some(PgWireError::Server(text)) | Some(PgWireError::Auth(text)) => {
+                let (_, rest) = text.rsplit_once("(SQLSTATE ")?;
+                rest.get(..5).map(str::to_string)
+            }
+            _ => None,
+        }
+    })
+}
+
+/// Classes that heal by themselves are retried: connection exceptions (08), serialization and
+/// deadlock (40), insufficient resources such as too many connections (53), operator
+/// intervention such as a shutdown or a server still starting (57), system errors (58) and
+/// internal errors (XX), and 55006 "object in use": the slot is held by another reader, which
+/// may stop (a standby waits for it). Everything else — authentication (28P01, 28000), a
+/// missing database (3D000) or object (42704), a missing privilege (42501), `wal_level` below
+/// logical or an invalidated slot (55000) — needs a person.
+fn fatal_sqlstate(code: &str) -> bool {
+    let class = code.get(..2).unwrap_or("");
+    !(matches!(class, "08" | "40" | "53" | "57" | "58" | "XX") || code == "55006")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(text: &str) -> anyhow::Error {
+        anyhow::Error::new(PgWireError::Server(text.to_string())).context("starting replication")
+    }
+
+    #[test]
+    fn setup_errors_end_the_run() {
+        for code in ["28P01", "28000", "42501", "42704", "3D000", "55000", "42P01"] {
+            assert!(fatal_sqlstate(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn errors_that_heal_are_retried() {
+        for code in ["08006", "57P01", "57P03", "53300", "55006", "40001", "XX000", "58030"] {
+            assert!(!fatal_sqlstate(code), "{code}");
+        }
+    }
+
+    #[test]
+    fn the_replication_clients_sqlstate_is_read_from_its_message() {
+        let e = server("le mot de passe est incorrect (SQLSTATE 28P01)");
+        assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
+        assert!(is_fatal(&e));
+        assert!(!is_fatal(&server(
+            r#"replication slot "cdc" is active for PID 7 (SQLSTATE 55006)"#
+        )));
+        assert!(!is_fatal(&anyhow::Error::new(PgWireError::Io(std::sync::Arc::new(
+            std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
+        )))));
+    }
+
+    #[test]
+    fn cdcs_own_verdict_is_fatal_anywhere_in_the_chain() {
+        let e = anyhow::Error::new(Unrecoverable("wal_level is replica".into())).context("preflight");
+        assert!(is_fatal(&e));
+        assert!(!is_fatal(&anyhow::anyhow!("something else")));
+    }
+}
