@@ -56,9 +56,14 @@ enum Command {
     },
     /// Validate the configuration, then check the database: wal_level, publication, keys, slot, role.
     #[command(
-        after_help = "Example:\n  cdc check --config cdc.toml\n\nEach problem is one line with its fix; the exit status is 1 when there is a problem."
+        after_help = "Examples:\n  cdc check --config cdc.toml\n  cdc check --send-test\n\nEach problem is one line with its fix; the exit status is 1 when there is a problem."
     )]
-    Check,
+    Check {
+        /// Also send each webhook endpoint a signed test event (op "test") and require a 2xx;
+        /// without it, an unsigned OPTIONS request only checks that something answers.
+        #[arg(long)]
+        send_test: bool,
+    },
     /// Create the publication for the mapped tables and the replication slot (idempotent).
     #[command(
         after_help = "Examples:\n  cdc setup\n  cdc setup --replica-identity-full public.items --replica-identity-full public.orders"
@@ -127,7 +132,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async {
         match cli.command {
             Command::Run { stop_at } => commands::run::run(config, stop_at).await.map(|_| 0),
-            Command::Check => commands::check::run(&config).await,
+            Command::Check { send_test } => commands::check::run(&config, send_test).await,
             Command::Setup { replica_identity_full } => {
                 commands::setup::run(&config, &replica_identity_full).await.map(|_| 0)
             }

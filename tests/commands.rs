@@ -42,7 +42,12 @@ fn a_broken_config_names_file_line_and_key_for_every_problem() {
 fn a_missing_config_file_says_which_file() {
     let out = support::cdc(&["--config", "/nonexistent/cdc.toml", "run"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(stderr_of(&out).contains("/nonexistent/cdc.toml"), "{}", stderr_of(&out));
+    let err = stderr_of(&out);
+    assert!(err.contains("/nonexistent/cdc.toml"), "{err}");
+    assert!(
+        err.contains("--config") && err.contains("examples/"),
+        "with a hint: {err}"
+    );
 }
 
 #[test]

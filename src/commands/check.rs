@@ -4,7 +4,7 @@
 
 use tokio_postgres::Client;
 
-use crate::config::Config;
+use crate::config::{Config, SinkConfig};
 use crate::source::connection;
 use crate::source::identity::Identity;
 
@@ -28,7 +28,7 @@ impl Report {
 }
 
 /// Runs every check and prints the report; returns the exit code.
-pub async fn run(config: &Config) -> anyhow::Result<i32> {
+pub async fn run(config: &Config, send_test: bool) -> anyhow::Result<i32> {
     println!(
         "ok: {} is valid ({} sinks, {} table mappings)",
         config.path.display(),
@@ -36,7 +36,7 @@ pub async fn run(config: &Config) -> anyhow::Result<i32> {
         config.tables.len()
     );
     let mut report = check_postgres(config).await;
-    check_search_nodes(config, &mut report).await;
+    check_sinks(config, send_test, &mut report).await;
     for line in &report.oks {
         println!("ok: {line}");
     }
@@ -55,16 +55,21 @@ pub async fn run(config: &Config) -> anyhow::Result<i32> {
     }
 }
 
-/// Each search sink's node: reachable, version, credentials, aliases (see `sinks::search::health`).
-async fn check_search_nodes(config: &Config, r: &mut Report) {
-    use crate::sinks::search::health::{self, Finding};
+/// Each sink's far end: search nodes (reachable, version, credentials, aliases, settings; see
+/// `sinks::search::health`) and webhook endpoints (see `sinks::webhook::health`).
+async fn check_sinks(config: &Config, send_test: bool, r: &mut Report) {
+    use crate::sinks::{search, webhook, Finding};
     for (name, sink) in &config.sinks {
-        let crate::config::SinkConfig::Elasticsearch(search) = sink else {
-            continue;
+        let findings = match sink {
+            SinkConfig::Elasticsearch(search) => {
+                let mappings: Vec<&crate::config::TableMapping> =
+                    config.tables.iter().filter(|m| m.sinks.contains(name)).collect();
+                search::health::check(name, search, &mappings).await
+            }
+            SinkConfig::Webhook(hook) => vec![webhook::health::check(name, hook, send_test).await],
+            SinkConfig::Stdout(_) => Vec::new(),
         };
-        let mappings: Vec<&crate::config::TableMapping> =
-            config.tables.iter().filter(|m| m.sinks.contains(name)).collect();
-        for finding in health::check(name, search, &mappings).await {
+        for finding in findings {
             match finding {
                 Finding::Ok(s) => r.ok(s),
                 Finding::Warning(s) => r.warn(s),
@@ -231,6 +236,19 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
             } else {
                 r.problem(format!("slot {slot} does not exist and all {max} replication slots are used: raise max_replication_slots or drop an unused slot"));
             }
+        }
+    }
+
+    // Search and webhook sinks keep dead letters (and the webhook outbox) in cdc's schema.
+    if config.sinks.values().any(|s| !matches!(s, SinkConfig::Stdout(_))) {
+        let missing = crate::state::missing_tables(c).await?;
+        if missing.is_empty() {
+            r.ok(format!("cdc's state schema {} is in place", crate::state::SCHEMA));
+        } else {
+            r.problem(format!(
+                "cdc's state tables are missing ({}): run `cdc setup` to create them",
+                missing.join(", ")
+            ));
         }
     }
     Ok(())

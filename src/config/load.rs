@@ -143,7 +143,14 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
             problems: vec![ConfigProblem {
                 line: None,
                 key: String::new(),
-                message: format!("cannot read the config file: {e}"),
+                message: if e.kind() == std::io::ErrorKind::NotFound {
+                    format!(
+                        "cannot read the config file: {e}. Pass --config FILE (or set CDC_CONFIG), or write one: \
+                         the repository's examples/ has a config for each sink to start from"
+                    )
+                } else {
+                    format!("cannot read the config file: {e}")
+                },
             }],
         }),
     }

@@ -22,6 +22,14 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, SinkConfig, TableMapping};
 use crate::event::{Event, Lsn};
 
+/// One line of what `cdc check` learned about a sink (each sink's `health` module says it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Finding {
+    Ok(String),
+    Warning(String),
+    Problem(String),
+}
+
 /// What a sink receives.
 #[derive(Debug, Clone)]
 pub enum SinkMsg {

@@ -24,6 +24,25 @@ pub async fn ensure_schema(client: &Client) -> Result<(), tokio_postgres::Error>
     Ok(())
 }
 
+/// The tables of cdc's state that do not exist (what `cdc check` reports), named as in the DDL.
+pub async fn missing_tables(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut missing = Vec::new();
+    for table in all_ddl()
+        .iter()
+        .flat_map(|ddl| ddl.split("CREATE TABLE IF NOT EXISTS ").skip(1))
+    {
+        let name = table.split_whitespace().next().unwrap_or_default();
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await?
+            .get(0);
+        if !exists {
+            missing.push(name.to_string());
+        }
+    }
+    Ok(missing)
+}
+
 /// Every submodule's DDL (CREATE ... IF NOT EXISTS statements), in dependency order.
 fn all_ddl() -> Vec<&'static str> {
     vec![dead_letters::DDL, outbox::DDL, attempts::DDL]

@@ -7,13 +7,7 @@ use super::index::{self, Target};
 use super::service::Service;
 use crate::config::TableMapping;
 use crate::sinks::search::encoder::index_name;
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Finding {
-    Ok(String),
-    Warning(String),
-    Problem(String),
-}
+use crate::sinks::Finding;
 
 /// Checks the node of sink `name` and the aliases of `mappings` (the mappings that use it).
 pub async fn check(name: &str, config: &SearchConfig, mappings: &[&TableMapping]) -> Vec<Finding> {
@@ -80,6 +74,13 @@ async fn alias_finding(name: &str, service: &Service, mapping: &TableMapping) ->
     let alias = index_name(mapping);
     if let Err(e) = index::read_settings(mapping.settings.as_deref()) {
         return Finding::Problem(format!("sink {name}: table {}: {e:#}", mapping.table));
+    }
+    // cdc creates indexes with the settings file on first use, on truncate and on rebuild: a
+    // file the node refuses would stop the sink then, so find out now.
+    if let Some(settings) = &mapping.settings {
+        if let Err(e) = index::try_settings(service, settings).await {
+            return Finding::Problem(format!("sink {name}: table {}: {e:#}", mapping.table));
+        }
     }
     match index::lookup(service, &alias).await {
         Err(e) => Finding::Problem(format!("sink {name}: {e:#}")),

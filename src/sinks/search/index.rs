@@ -157,3 +157,36 @@ fn encode(name: &str) -> String {
         .replace('?', "%3F")
         .replace(' ', "%20")
 }
+
+/// Whether the node accepts the settings file: creates a throwaway index with it and deletes it
+/// again (for `cdc check`; the node's own validation is the only one that cannot disagree).
+pub async fn try_settings(service: &Service, settings: &Path) -> anyhow::Result<()> {
+    let name = format!("cdc-check-{}", chrono::Utc::now().format("%Y%m%d%H%M%S%6f"));
+    let body = read_settings(Some(settings))?;
+    let reply = service
+        .send(
+            Method::Put,
+            &format!("/{}", encode(&name)),
+            Some(Bytes::from(serde_json::to_vec(&body)?)),
+        )
+        .await?;
+    if !reply.ok() {
+        bail!(
+            "the node refuses the settings in {} (HTTP {}): {}",
+            settings.display(),
+            reply.status,
+            reply.text()
+        );
+    }
+    let deleted = service
+        .send(Method::Delete, &format!("/{}", encode(&name)), None)
+        .await?;
+    if !deleted.ok() {
+        bail!(
+            "deleting the throwaway index {name}: HTTP {}: {}",
+            deleted.status,
+            deleted.text()
+        );
+    }
+    Ok(())
+}

@@ -6,13 +6,15 @@
 //! `coalesce` and `batcher` (events → batches), `ledger` (which transactions may be
 //! acknowledged), `service` (one HTTP attempt, rate limited), `retry` (response → what next),
 //! `delivery` (direct path, outbox switch, block mode, 410), `sender` (drains the outbox),
-//! `recorder` (attempt history), `sink` (the loop), `test_event` (`cdc webhook test`).
+//! `recorder` (attempt history), `sink` (the loop), `test_event` (`cdc webhook test`), `health`
+//! (`cdc check`).
 
 mod batcher;
 mod coalesce;
 pub mod config;
 mod delivery;
 pub mod envelope;
+pub mod health;
 mod ledger;
 mod recorder;
 pub mod retry;

@@ -115,6 +115,20 @@ impl Service {
         }
     }
 
+    /// An `OPTIONS` request to the endpoint, unsigned and carrying no event: whether anything
+    /// answers there (`cdc check`). Any HTTP status counts as an answer; the error says why not.
+    pub async fn probe(&self) -> Result<u16, String> {
+        match self
+            .client
+            .request(reqwest::Method::OPTIONS, self.url.clone())
+            .send()
+            .await
+        {
+            Ok(response) => Ok(response.status().as_u16()),
+            Err(e) => Err(self.describe(&e)),
+        }
+    }
+
     pub fn url(&self) -> &reqwest::Url {
         &self.url
     }
