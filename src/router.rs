@@ -62,6 +62,14 @@ impl Router {
         self.sinks.clear();
     }
 
+    /// A sink whose task has ended (its channel closed: it failed), if any.
+    pub fn stopped_sink(&self) -> Option<SinkStopped> {
+        self.sinks
+            .iter()
+            .find(|(_, tx)| tx.is_closed())
+            .map(|(name, _)| SinkStopped(name.clone()))
+    }
+
     /// Whether any mapping wants this table (unmapped tables are ignored).
     pub fn wants(&self, table: &TableName) -> bool {
         self.routes.contains_key(table)

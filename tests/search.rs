@@ -788,3 +788,392 @@ async fn a_wrong_password_is_a_clear_error_retried_until_fixed() {
     assert_index_equals_table(&node_url(), &index, &s.db, EVENTS_EXPECTED, Duration::from_secs(60)).await;
     cdc.sigterm();
 }
+
+/// Raw `_source` text and version of every document of `index` (an alias), by id: the bytes
+/// the node stores, to compare documents byte for byte.
+async fn raw_docs(node: &str, index: &str) -> BTreeMap<String, (u64, String)> {
+    #[derive(serde::Deserialize)]
+    struct Search<'a> {
+        #[serde(borrow)]
+        hits: Hits<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Hits<'a> {
+        #[serde(borrow)]
+        hits: Vec<Hit<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Hit<'a> {
+        _id: String,
+        _version: u64,
+        #[serde(borrow)]
+        _source: &'a serde_json::value::RawValue,
+    }
+    let (status, _) = http(reqwest::Method::POST, &format!("{node}/{index}/_refresh"), None).await;
+    if status == 404 {
+        return BTreeMap::new();
+    }
+    let url = format!("{node}/{index}/_search?size=1000&version=true");
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let search: Search = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}: {text:.300}"));
+    search
+        .hits
+        .hits
+        .into_iter()
+        .map(|h| (h._id, (h._version, h._source.get().to_string())))
+        .collect()
+}
+
+/// Waits until every document of `index` satisfies `pred` (and there are `n`); returns them.
+async fn wait_raw_docs(
+    node: &str,
+    index: &str,
+    n: usize,
+    pred: impl Fn(u64, &str) -> bool,
+) -> BTreeMap<String, (u64, String)> {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let docs = raw_docs(node, index).await;
+        if docs.len() == n && docs.values().all(|(version, source)| pred(*version, source)) {
+            return docs;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "index {index} did not reach {n} documents as expected within 90 s: {:?}",
+            docs.iter()
+                .map(|(id, (v, s))| (id, v, &s[..s.len().min(80)]))
+                .collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+/// About 32 kB of random bytes: stored out of line (TOAST).
+const BIG_BYTES: &str =
+    "(SELECT string_agg(decode(md5(random()::text || g), 'hex'), ''::bytea) FROM generate_series(1, 2000) g)";
+
+/// [`BIG_TEXT`], different for each row of a `SELECT ... FROM ... k` (a row's document then
+/// shows whether it was read back from its own row).
+const BIG_TEXT_OF_ROW: &str =
+    "(SELECT string_agg(md5(random()::text || g || k::text), '') FROM generate_series(1, 3200) g)";
+
+/// Key types whose text form differs from cdc's converted form, each in a table of its own
+/// with the same value columns; the timestamptz one is time-partitioned.
+const KEY_TABLES: &[(&str, &str, &str)] = &[
+    (
+        "k_timestamptz",
+        "id int, created_at timestamptz",
+        "(1, '2024-01-01 00:00:00+00'::timestamptz), (2, '2024-06-01 12:30:00.123456+00'), (3, '2024-03-01 10:00:00+05')",
+    ),
+    (
+        "k_timestamp",
+        "k timestamp",
+        "('2024-01-01 00:00:00'::timestamp), ('2024-06-01 12:30:00.5'), ('2024-12-31 23:59:59.999999')",
+    ),
+    ("k_bytea", "k bytea", r"('\x00'::bytea), ('\xdeadbeef'), ('\x0a0bff')"),
+    ("k_char", "k char(6)", "('a'::char(6)), ('ab cd'), ('abcdef')"),
+    ("k_numeric", "k numeric", "(1.50), (0), (-12345678901234567890.123456789)"),
+    (
+        "k_uuid",
+        "k uuid",
+        "('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'::uuid), ('00000000-0000-0000-0000-000000000000'), \
+         ('ffffffff-ffff-ffff-ffff-ffffffffffff')",
+    ),
+    ("k_text", "k text", "('plain'), ('with space'), ('ünï:cøde')"),
+];
+
+const VALUE_COLUMNS: &str = "title text, body text, blob bytea, v_n numeric, v_b bool, v_f float8, v_inet inet, \
+     v_c char(3), v_j jsonb, v_arr int[], v_iv interval, v_ts timestamptz";
+
+#[tokio::test]
+async fn keys_of_every_type_find_their_rows_and_every_path_writes_the_same_document() {
+    let node = node_url();
+    let prefix = support::unique_name("paths");
+    let mut ddl = String::new();
+    let mut mappings = String::new();
+    for (table, key, _) in KEY_TABLES {
+        let primary_key = key
+            .split(", ")
+            .map(|c| c.split(' ').next().unwrap())
+            .collect::<Vec<_>>();
+        let partitioned = if *table == "k_timestamptz" {
+            format!(
+                " PARTITION BY RANGE (created_at); CREATE TABLE {table}_2024 PARTITION OF {table} \
+                 FOR VALUES FROM ('2024-01-01') TO ('2025-01-01')"
+            )
+        } else {
+            String::new()
+        };
+        ddl += &format!(
+            "CREATE TABLE {table} ({key}, {VALUE_COLUMNS}, PRIMARY KEY ({})){partitioned};\n",
+            primary_key.join(", ")
+        );
+        // The same rows in two indexes: `_a` takes every document, `_b` refuses them all until
+        // its mapping is fixed, so its documents come from `cdc dead-letters replay`.
+        mappings += &format!(
+            "[[tables]]\ntable = \"{table}\"\nsinks = [\"search\"]\nindex = \"{prefix}_{table}_a\"\n\n\
+             [[tables]]\ntable = \"{table}\"\nsinks = [\"search\"]\nindex = \"{prefix}_{table}_b\"\nsettings = \"settings.json\"\n\n"
+        );
+    }
+    let strict = json!({"mappings": {"dynamic": "strict"}});
+    let s = setup_with_settings("search_paths", &ddl, &node, "", &mappings, &[], Some(strict)).await;
+    let mut cdc = run(&s);
+    for (table, key, keys) in KEY_TABLES {
+        let names: Vec<&str> = key.split(", ").map(|c| c.split(' ').next().unwrap()).collect();
+        s.db.exec(&format!(
+            "INSERT INTO {table} ({}, title, body, blob, v_n, v_b, v_f, v_inet, v_c, v_j, v_arr, v_iv, v_ts) \
+             SELECT k.*, k::text, {BIG_TEXT_OF_ROW}, {BIG_BYTES}, 1.50, true, 0.1, '10.0.0.1', 'ab', '{{\"a\": [1.25, 2.50]}}', \
+             '{{1,NULL,3}}', '1 day 02:00:00', '2024-01-01 00:00:00+00' FROM (VALUES {keys}) AS k",
+            names.join(", ")
+        ))
+        .await;
+    }
+    // Written by the stream: every value was in the insert.
+    let mut streamed = BTreeMap::new();
+    for (table, _, _) in KEY_TABLES {
+        let docs = wait_raw_docs(&node, &format!("{prefix}_{table}_a"), 3, |_, _| true).await;
+        streamed.insert(*table, docs);
+    }
+
+    // An update that resends nothing large: body and blob are read back by key.
+    let before_update = s.db.current_wal_lsn().await;
+    for (table, _, _) in KEY_TABLES {
+        s.db.exec(&format!("UPDATE {table} SET title = title")).await;
+    }
+    let after_update = s.db.current_wal_lsn().await;
+    for (table, _, _) in KEY_TABLES {
+        let index = format!("{prefix}_{table}_a");
+        let read_back = wait_raw_docs(&node, &index, 3, |version, _| version > before_update).await;
+        for (id, (_, source)) in &read_back {
+            assert_eq!(
+                Some(source),
+                streamed[table].get(id).map(|(_, s)| s),
+                "{table} {id}: the document read back is byte for byte the streamed one"
+            );
+        }
+    }
+    s.db.wait_confirmed_flush(&s.db.name, after_update, Duration::from_secs(60))
+        .await;
+    // Each row's insert and update, refused by the strict indexes: none dropped as "row gone".
+    wait_for_dead_letters(&s.db, 2 * 3 * KEY_TABLES.len() as i64).await;
+
+    for (table, _, _) in KEY_TABLES {
+        let (status, body) = http(
+            reqwest::Method::PUT,
+            &format!("{node}/{prefix}_{table}_b/_mapping"),
+            Some(json!({"dynamic": true})),
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let replayed = support::cdc(&["--config", &s.config, "dead-letters", "replay", "--all"]);
+    assert!(
+        replayed.status.success(),
+        "{}{}",
+        support::stdout_of(&replayed),
+        support::stderr_of(&replayed)
+    );
+    assert!(
+        !support::stdout_of(&replayed).contains("deleted"),
+        "live rows replay as documents, never as deletes:\n{}",
+        support::stdout_of(&replayed)
+    );
+    for (table, _, _) in KEY_TABLES {
+        let replayed = raw_docs(&node, &format!("{prefix}_{table}_b")).await;
+        let sources = |docs: &BTreeMap<String, (u64, String)>| -> BTreeMap<String, String> {
+            docs.iter().map(|(id, (_, s))| (id.clone(), s.clone())).collect()
+        };
+        assert_eq!(
+            sources(&replayed),
+            sources(&streamed[table]),
+            "{table}: the replayed documents are byte for byte the streamed ones"
+        );
+    }
+    cdc.sigterm();
+}
+
+#[tokio::test]
+async fn an_oversized_request_is_split_and_a_document_over_the_limit_becomes_a_dead_letter() {
+    let node = node_url();
+    // Each sink goes through a proxy that answers 413 above 300 kB, as a node does above its
+    // http.max_content_length. `big` cuts batches of up to 5 MB (the default), so its requests
+    // are refused and must be split; `small` cuts at 250 kB and must count the real bytes of
+    // documents read back (each was guessed at 1 kB) to stay under the limit.
+    let (big, small) = (support::proxy::Proxy::start(&node), support::proxy::Proxy::start(&node));
+    big.limit_body(300_000);
+    small.limit_body(300_000);
+    let prefix = support::unique_name("oversized");
+    let db = new_database("search_oversized").await;
+    db.exec("CREATE TABLE docs (id int PRIMARY KEY, title text, body text);")
+        .await;
+    let dir = support::temp_dir();
+    let config = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n\
+         [sinks.big]\ntype = \"elasticsearch\"\nurl = \"{big}\"\nflush_interval = \"100ms\"\n\n\
+         [sinks.small]\ntype = \"elasticsearch\"\nurl = \"{small}\"\nflush_interval = \"100ms\"\nbatch_max_bytes = 250000\n\n\
+         [[tables]]\ntable = \"docs\"\nsinks = [\"big\"]\nindex = \"{prefix}_big\"\n\n\
+         [[tables]]\ntable = \"docs\"\nsinks = [\"small\"]\nindex = \"{prefix}_small\"\n",
+        url = db.url,
+        name = db.name,
+        big = big.url,
+        small = small.url,
+    );
+    let config = write_config(dir.path(), &config).to_str().unwrap().to_string();
+    let out = support::cdc(&["--config", &config, "setup"]);
+    assert!(out.status.success(), "cdc setup: {}", support::stderr_of(&out));
+    let mut cdc = CdcProcess::start(&["--config", &config, "run"], LOG_ENV);
+
+    // 20 documents of about 100 kB in one transaction, and one of about 400 kB.
+    db.exec(&format!(
+        "BEGIN; INSERT INTO docs SELECT g, 't', {BIG_TEXT} FROM generate_series(1, 20) g;
+         INSERT INTO docs VALUES (99, 'huge', repeat({BIG_TEXT}, 4)); COMMIT;"
+    ))
+    .await;
+    let after_insert = db.current_wal_lsn().await;
+    let expected =
+        "SELECT id::text, jsonb_build_object('id', id, 'title', title, 'body', body)::text FROM docs WHERE id <> 99";
+    for index in [format!("{prefix}_big"), format!("{prefix}_small")] {
+        assert_index_equals_table(&node, &index, &db, expected, Duration::from_secs(90)).await;
+    }
+    db.wait_confirmed_flush(&db.name, after_insert, Duration::from_secs(60))
+        .await;
+    assert!(big.too_large() >= 2, "the 2 MB request was refused, then its halves");
+    let letters = db
+        .query_text("SELECT sink, error FROM cdc.dead_letters ORDER BY sink")
+        .await;
+    assert_eq!(letters.len(), 2, "the 400 kB document, once per sink: {letters:?}");
+    for letter in &letters {
+        let error = letter[1].as_deref().unwrap();
+        assert!(
+            error.contains("HTTP 413") && error.contains("http.max_content_length"),
+            "the dead letter says what is wrong and what to change: {error}"
+        );
+    }
+    let small_refused = small.too_large();
+    assert_eq!(small_refused, 1, "only the 400 kB document was too large for `small`");
+
+    // Updates that resend no body: each document is read back (and guessed at 1 kB).
+    db.exec("UPDATE docs SET title = 'updated' WHERE id <= 20").await;
+    let after_update = db.current_wal_lsn().await;
+    for index in [format!("{prefix}_big"), format!("{prefix}_small")] {
+        assert_index_equals_table(&node, &index, &db, expected, Duration::from_secs(90)).await;
+    }
+    db.wait_confirmed_flush(&db.name, after_update, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        small.too_large(),
+        small_refused,
+        "`small` counted the documents read back by their real size: no request over the limit"
+    );
+    assert_eq!(db.query_one_i64("SELECT count(*) FROM cdc.dead_letters").await, 2);
+    cdc.sigterm();
+}
+
+/// Starts `cdc run` on a config whose index cannot be created; returns the last stderr line
+/// once cdc has exited (it must, with a failure status).
+async fn run_until_it_fails(s: &Setup, insert: &str) -> String {
+    let mut cdc = run(s);
+    s.db.exec(insert).await;
+    let status = cdc.wait_exit(Duration::from_secs(60));
+    assert!(!status.success(), "cdc exits with a failure status");
+    let log = cdc.stderr_text();
+    log.lines().last().unwrap_or_default().to_string()
+}
+
+#[tokio::test]
+async fn errors_no_retry_can_fix_end_the_run_with_the_nodes_message() {
+    let node = node_url();
+    let index = support::unique_name("unfixable");
+    let mapping = format!(
+        "[[tables]]\ntable = \"notes\"\nsinks = [\"search\"]\nindex = \"{index}\"\nsettings = \"settings.json\"\n"
+    );
+    let settings = json!({"mappings": {"properties": {"n": {"type": "no_such_type"}}}});
+    let ddl = "CREATE TABLE notes (id int PRIMARY KEY, n text);";
+    let s = setup_with_settings("search_unfixable", ddl, &node, "", &mapping, &[], Some(settings)).await;
+
+    let last = run_until_it_fails(&s, "INSERT INTO notes VALUES (1, 'a')").await;
+    assert!(
+        last.starts_with("error: ")
+            && last.contains("mapper_parsing_exception")
+            && last.contains("no_such_type")
+            && last.contains("settings.json"),
+        "the last line is the node's message: {last}"
+    );
+
+    std::fs::remove_file(s.dir.path().join("settings.json")).unwrap();
+    let last = run_until_it_fails(&s, "INSERT INTO notes VALUES (2, 'b')").await;
+    assert!(
+        last.starts_with("error: ") && last.contains("settings.json") && last.contains(&index),
+        "the last line names the missing file and the index: {last}"
+    );
+    let (status, _) = http(reqwest::Method::GET, &format!("{node}/_alias/{index}"), None).await;
+    assert_eq!(status, 404, "no index was made");
+}
+
+#[tokio::test]
+async fn a_held_older_write_never_brings_a_deleted_document_back() {
+    // This test restarts its node (which forgets deletes), so it starts one of its own.
+    let node_dir = support::temp_dir();
+    let node = start_node(node_dir.path());
+    let proxy = support::proxy::Proxy::start(&node);
+    let index = support::unique_name("held");
+    // cdc waits for the held request rather than giving up on it.
+    let s = setup(
+        "search_held",
+        EVENTS_DDL,
+        &proxy.url,
+        "request_timeout = \"600s\"",
+        &events_mapping(&index),
+        &[],
+    )
+    .await;
+    let mut cdc = run(&s);
+    s.db.exec("INSERT INTO events (id, name, state) VALUES (1, 'first', 'published'), (2, 'first', 'published')")
+        .await;
+    assert_index_equals_table(&node, &index, &s.db, EVENTS_EXPECTED, Duration::from_secs(60)).await;
+    let delete_line = |id: u32| format!("{{\"delete\":{{\"_index\":\"{index}\",\"_id\":\"{id}\"");
+
+    // Released at once: the update lands, then the delete.
+    proxy.hold_containing("held-2");
+    s.db.exec("UPDATE events SET name = 'held-2' WHERE id = 2").await;
+    proxy.wait_held(1, Duration::from_secs(30)).await;
+    s.db.exec("DELETE FROM events WHERE id = 2").await;
+    let after = s.db.current_wal_lsn().await;
+    proxy.release();
+    s.db.wait_confirmed_flush(&s.db.name, after, Duration::from_secs(60))
+        .await;
+    assert!(!index_docs(&node, &index).await.contains_key("2"));
+    let bodies = proxy.bulk_bodies();
+    let update = bodies.iter().position(|b| b.contains("held-2")).unwrap();
+    let delete = bodies.iter().position(|b| b.contains(&delete_line(2))).unwrap();
+    assert!(update < delete, "the delete was sent after the update was answered");
+
+    // Held across a node restart: the node forgets the delete's tombstone, so only the order
+    // of the requests keeps the older update from bringing the document back.
+    proxy.hold_containing("held-1");
+    s.db.exec("UPDATE events SET name = 'held-1' WHERE id = 1").await;
+    proxy.wait_held(2, Duration::from_secs(30)).await;
+    s.db.exec("DELETE FROM events WHERE id = 1").await;
+    let after = s.db.current_wal_lsn().await;
+    assert!(
+        !proxy
+            .bulk_forwarded(|b| b.contains(&delete_line(1)), Duration::from_secs(10))
+            .await,
+        "a later action on a document waits while an earlier one is unresolved"
+    );
+    stop_node(node_dir.path());
+    assert_eq!(
+        start_node(node_dir.path()),
+        node,
+        "the node comes back on the same address"
+    );
+    proxy.release();
+    s.db.wait_confirmed_flush(&s.db.name, after, Duration::from_secs(120))
+        .await;
+    assert!(
+        index_docs(&node, &index).await.is_empty(),
+        "the deleted rows' documents stay deleted"
+    );
+    cdc.sigterm();
+    stop_node(node_dir.path());
+}

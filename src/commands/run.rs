@@ -7,7 +7,7 @@ use tokio::sync::watch;
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::event::Lsn;
-use crate::router::Router;
+use crate::router::{Router, SinkStopped};
 use crate::sinks;
 use crate::source::stream;
 
@@ -46,10 +46,11 @@ pub async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<()> {
     // After a fatal error the sinks still deliver what they hold; after a shutdown this was done.
     router.close();
     let sink_error = running.drain().await;
-    streamed?;
-    match sink_error {
-        Some(e) => Err(e),
-        None => Ok(()),
+    match (streamed, sink_error) {
+        // The stream stopped because a sink ended: the sink's own error says why, last.
+        (Err(e), Some(sink)) if e.chain().any(|cause| cause.is::<SinkStopped>()) => Err(sink),
+        (Err(e), _) | (Ok(_), Some(e)) => Err(e),
+        (Ok(_), None) => Ok(()),
     }
 }
 

@@ -133,6 +133,11 @@ async fn session(
                 return Ok(Stop::Shutdown);
             }
             _ = tick.tick() => {
+                // A sink that ended (it failed) is noticed here too, not only at the next send,
+                // so that cdc ends with its error while the mapped tables are quiet.
+                if let Some(stopped) = router.stopped_sink() {
+                    return Err(SessionError::Fatal(stopped.into()));
+                }
                 client.update_applied_lsn(to_pg(checkpoint.confirmable()));
                 continue;
             }

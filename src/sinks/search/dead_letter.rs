@@ -15,12 +15,13 @@ use tokio_postgres::Client;
 
 use super::config::SearchConfig;
 use super::encoder::{self, index_name, Action, Write};
+use super::request_builder;
 use super::retry::{self, Outcome};
+use super::rows::TableRows;
 use super::service::Service;
 use super::sink::{retry_forever, Shared};
-use super::{request_builder, toast};
 use crate::config::TableMapping;
-use crate::event::{quote_ident, Event, Lsn, Op, Position, Row, TableName, Value};
+use crate::event::{Event, Lsn, Op, Position, Row, TableName, Value};
 use crate::state::{self, dead_letters};
 
 pub const KIND: &str = "search";
@@ -110,7 +111,8 @@ pub enum Replayed {
 
 /// Delivers a dead letter's event again under the current configuration (so a fixed mapping,
 /// projection or id applies), with its original version: a newer write that landed since
-/// wins. A row deleted since becomes a delete.
+/// wins. The document is the row as it is now, read by key and converted as the stream
+/// converts it; a row deleted since (or out of the mapping's filter now) becomes a delete.
 pub async fn replay(
     sink: &str,
     config: &SearchConfig,
@@ -130,21 +132,15 @@ pub async fn replay(
                 stored.table, letter.target
             )
         })?;
-    let project = |row: &Option<Row>| {
-        row.as_ref()
-            .map(|r| Row(r.0.iter().filter(|(name, _)| mapping.keeps(name)).cloned().collect()))
+    let event = Arc::new(stored);
+    let mut actions = encoder::actions(&event, mapping)?;
+    let current = match actions.iter().any(|a| a.write != Write::Delete) {
+        true => current_row(pg, &event).await?,
+        false => None,
     };
-    let event = Arc::new(stored.with_rows(
-        stored.key.clone(),
-        project(&stored.old),
-        project(&stored.new),
-        None,
-        stored.op,
-    ));
-    let mut actions = toast::read_back(pg, encoder::actions(&event, mapping)?).await?;
-    if !row_exists(pg, &event).await? {
-        for action in &mut actions {
-            action.write = Write::Delete;
+    for action in &mut actions {
+        if action.write != Write::Delete {
+            action.write = write_for(action, &event, mapping, current.as_ref())?;
         }
     }
     let service = Service::new(config)?;
@@ -173,38 +169,50 @@ pub async fn replay(
     Ok(Replayed::Delivered(done.join(", ")))
 }
 
-/// Whether the event's row (by its current key) still exists.
-async fn row_exists(pg: &Client, event: &Event) -> anyhow::Result<bool> {
-    let Some(key) = toast::key_values(event) else {
-        return Ok(true);
-    };
-    let conditions: Vec<String> = key
-        .iter()
-        .enumerate()
-        .map(|(i, (column, _))| format!("t.{}::text = ${}", quote_ident(column), i + 1))
-        .collect();
-    let sql = format!(
-        "SELECT 1 FROM {} t WHERE {}",
-        event.table.quoted(),
-        conditions.join(" AND ")
-    );
-    let values: Vec<&(dyn tokio_postgres::types::ToSql + Sync)> = key
-        .iter()
-        .map(|(_, v)| v as &(dyn tokio_postgres::types::ToSql + Sync))
-        .collect();
-    Ok(pg.query_opt(&sql, &values).await?.is_some())
+/// The event's row as it is now (every column a document can hold), looked up by its current
+/// key; None when it is gone.
+async fn current_row(pg: &Client, event: &Event) -> anyhow::Result<Option<Row>> {
+    let rows = TableRows::load(pg, &event.table).await?;
+    let key = rows
+        .key_of(event)
+        .map_err(|why| anyhow::anyhow!("cannot look up the row of {}: {why}", event.table))?;
+    let found = rows
+        .read(pg, &key.columns, &[key.inputs], &rows.document_columns())
+        .await?;
+    Ok(found.into_iter().next().flatten())
 }
 
-/// The event back from its JSON form, as far as the sink needs it: op, table, rows, version.
+/// What a replayed index action writes now: the current row's document when the row still
+/// passes the filter and still makes this document id, a delete otherwise.
+fn write_for(
+    action: &Action,
+    event: &Arc<Event>,
+    mapping: &TableMapping,
+    current: Option<&Row>,
+) -> anyhow::Result<Write> {
+    let Some(row) = current else { return Ok(Write::Delete) };
+    if mapping.filter.as_ref().and_then(|f| f.matches(row)) == Some(false) {
+        return Ok(Write::Delete);
+    }
+    let new = Row(row.0.iter().filter(|(name, _)| mapping.keeps(name)).cloned().collect());
+    let now = Arc::new(event.with_rows(event.key.clone(), None, Some(new), None, Op::Create));
+    Ok(encoder::actions(&now, mapping)?
+        .into_iter()
+        .find(|a| a.doc == action.doc)
+        .map_or(Write::Delete, |a| a.write))
+}
+
+/// The event back from its JSON form, as far as the sink needs it: op, table, rows (columns in
+/// their order, numbers with their digits), version.
 fn rebuild_event(json: &str) -> anyhow::Result<Event> {
     #[derive(serde::Deserialize)]
     struct Stored {
         op: String,
         schema: String,
         table: String,
-        key: Option<serde_json::Map<String, serde_json::Value>>,
-        old: Option<serde_json::Map<String, serde_json::Value>>,
-        new: Option<serde_json::Map<String, serde_json::Value>>,
+        key: Option<OrderedRow>,
+        old: Option<OrderedRow>,
+        new: Option<OrderedRow>,
         #[serde(default)]
         unchanged_toast: Vec<String>,
         commit_lsn: String,
@@ -221,9 +229,8 @@ fn rebuild_event(json: &str) -> anyhow::Result<Event> {
         commit_lsn,
         ..Position::default()
     };
-    // The event's JSON leaves unchanged TOAST values out; they come back as such, so that the
-    // encoder reads them back instead of writing a document without them.
-    let new = stored.new.map(row).map(|mut new| {
+    // The event's JSON leaves unchanged TOAST values out; they come back as such, never null.
+    let new = stored.new.map(OrderedRow::into_row).map(|mut new| {
         new.0.extend(
             stored
                 .unchanged_toast
@@ -235,34 +242,65 @@ fn rebuild_event(json: &str) -> anyhow::Result<Event> {
     Ok(Event::new(
         op,
         table,
-        stored.key.map(row),
-        stored.old.map(row),
+        stored.key.map(OrderedRow::into_row),
+        stored.old.map(OrderedRow::into_row),
         new,
         None,
         position,
     ))
 }
 
-fn row(object: serde_json::Map<String, serde_json::Value>) -> Row {
-    Row(object
-        .into_iter()
-        .map(|(name, value)| (Arc::from(name), value_of(value)))
-        .collect())
+/// A row's JSON object with its columns in their order (serde_json's own map sorts them, which
+/// would reorder a composite document id) and each value's text as written.
+struct OrderedRow(Vec<(String, Box<RawValue>)>);
+
+impl<'de> serde::Deserialize<'de> for OrderedRow {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl<'de> serde::de::Visitor<'de> for Visitor {
+            type Value = OrderedRow;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object of column values")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<OrderedRow, A::Error> {
+                let mut columns = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Box<RawValue>>()? {
+                    columns.push(entry);
+                }
+                Ok(OrderedRow(columns))
+            }
+        }
+        d.deserialize_map(Visitor)
+    }
 }
 
-/// A JSON value as the `Value` cdc would have decoded: scalars as themselves (so ids and keys
-/// print the same), the rest embedded verbatim.
-fn value_of(json: serde_json::Value) -> Value {
-    use serde_json::Value as J;
-    match json {
-        J::Null => Value::Null,
-        J::Bool(b) => Value::Bool(b),
-        J::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => Value::Number(n.to_string().into()),
+impl OrderedRow {
+    fn into_row(self) -> Row {
+        Row(self
+            .0
+            .into_iter()
+            .map(|(name, value)| (Arc::from(name), value_of(value)))
+            .collect())
+    }
+}
+
+/// A JSON value as the `Value` cdc would have decoded: scalars as themselves (numbers with
+/// their digits, so ids and keys print the same), the rest embedded verbatim.
+fn value_of(raw: Box<RawValue>) -> Value {
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'n') => Value::Null,
+        Some(b't') => Value::Bool(true),
+        Some(b'f') => Value::Bool(false),
+        Some(b'"') => match serde_json::from_str::<String>(text) {
+            Ok(s) => Value::String(s.into()),
+            Err(_) => Value::Json(raw),
         },
-        J::String(s) => Value::String(s.into()),
-        other => Value::Json(RawValue::from_string(other.to_string()).expect("serde_json writes valid JSON")),
+        Some(b'[' | b'{') => Value::Json(raw),
+        _ => match text.parse::<i64>() {
+            Ok(i) => Value::Int(i),
+            Err(_) => Value::Number(text.into()),
+        },
     }
 }
 
@@ -280,9 +318,19 @@ mod tests {
             (Op::Update, "app.docs".to_string(), Lsn(0x10))
         );
         let new = event.new.unwrap();
+        let names: Vec<&str> = new.0.iter().map(|(name, _)| &**name).collect();
+        assert_eq!(
+            names,
+            ["id", "title", "price", "tags", "body"],
+            "columns keep their order"
+        );
         assert_eq!(new.get("id"), Some(&Value::Int(7)));
         assert_eq!(new.get("title"), Some(&Value::String("t".into())));
-        assert_eq!(new.get("price").and_then(|v| v.as_text()).as_deref(), Some("1.5"));
+        assert_eq!(
+            new.get("price").and_then(|v| v.as_text()).as_deref(),
+            Some("1.50"),
+            "digits kept"
+        );
         assert_eq!(new.get("tags").and_then(|v| v.as_text()).as_deref(), Some(r#"["a"]"#));
         assert_eq!(
             new.get("body"),

@@ -12,7 +12,14 @@ use bytes::Bytes;
 use elasticsearch::http::Method;
 use serde_json::{json, Value as Json};
 
+use super::retry;
 use super::service::Service;
+
+/// An error no retry can fix (a settings file that cannot be read, settings or mappings the
+/// node refuses): the run ends with it instead of retrying forever.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Unfixable(pub String);
 
 /// What a name points at on the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -118,7 +125,7 @@ async fn create_physical(
     with_alias: bool,
 ) -> anyhow::Result<String> {
     let physical = format!("{alias}_{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
-    let mut body = read_settings(settings)?;
+    let mut body = read_settings(settings).map_err(|e| Unfixable(format!("{e:#}")))?;
     if with_alias {
         body["aliases"] = json!({ alias: {} });
     }
@@ -129,6 +136,16 @@ async fn create_physical(
             Some(Bytes::from(serde_json::to_vec(&body)?)),
         )
         .await?;
+    if reply.status == 400 {
+        // The node judged the request itself (settings, mappings, name): sending it again
+        // cannot change the answer.
+        let reason = retry::classify(reply.status, &reply.body, 0).map_or_else(|f| f.reason, |_| reply.text());
+        return Err(Unfixable(format!(
+            "the node refused to create index {physical} for alias {alias} with {}: {reason}",
+            settings.map_or_else(|| "default settings".to_string(), |p| p.display().to_string())
+        ))
+        .into());
+    }
     if !reply.ok() {
         bail!("creating index {physical}: HTTP {}: {}", reply.status, reply.text());
     }

@@ -5,6 +5,8 @@
 //! - `config`: what the user writes (`[sinks.<name>] type = "elasticsearch"`);
 //! - `encoder`: event → bulk actions (document id, versioned index/delete, the document);
 //! - `toast`: unchanged TOAST values read back from Postgres when the event lacks them;
+//! - `rows`: rows read by key with SQL (keys compared by their own type), converted as the stream
+//!   converts them, so every path makes the same document;
 //! - `request_builder`: actions → a coalesced batch → a `_bulk` body;
 //! - `service`: sending requests (the `elasticsearch` crate);
 //! - `retry`: bulk response → per-item outcome (done, stale, retry, dead letter);
@@ -24,6 +26,7 @@ pub mod index;
 pub mod postgres;
 pub mod request_builder;
 pub mod retry;
+pub mod rows;
 pub mod service;
 pub mod sink;
 pub mod toast;

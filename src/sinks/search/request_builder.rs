@@ -4,7 +4,7 @@
 //! the earlier one (its version is the same or higher, and it is what the table now says), so a
 //! burst of edits to one row costs one write.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use bytes::Bytes;
 
@@ -47,13 +47,9 @@ impl Batch {
         self.bytes
     }
 
-    /// The documents this batch writes at `version`.
-    pub fn docs_at(&self, version: u64) -> HashSet<DocKey> {
-        self.actions
-            .iter()
-            .filter(|a| a.version == version)
-            .map(|a| a.doc.clone())
-            .collect()
+    /// The documents this batch writes.
+    pub fn docs(&self) -> impl Iterator<Item = &DocKey> {
+        self.positions.keys()
     }
 
     /// Empties the batch, returning its actions.

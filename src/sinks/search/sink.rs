@@ -6,10 +6,16 @@
 //! stale, or dead-lettered. Batches finish out of order; the acknowledged position only moves
 //! over a gap-free prefix, so it never runs ahead of an unfinished request.
 //!
-//! Ordering between requests in flight is left to the versions (commit LSNs, `external_gte`):
-//! an older write that lands late is refused as stale. The one case versions cannot order is a
-//! transaction split across two batches that touches one document in both (same version): the
-//! later batch then waits for the earlier one.
+//! Ordering: a batch that touches a document an unfinished batch also touches waits for that
+//! batch to finish. Versions (commit LSNs, `external_gte`) alone cannot order them: a node
+//! remembers a delete only for `index.gc_deletes` (60 s) and forgets it on a restart, so an
+//! older write retried after that would bring a deleted document back for good. Requests on
+//! different documents still overlap freely; what is held is at most `concurrency` batches'
+//! document ids.
+//!
+//! Size: the bytes of a request are counted again once its documents are known (after a TOAST
+//! read-back), and a request the node refuses as too large (413) is split in halves down to
+//! single documents; a single document over the node's limit becomes a dead letter.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +28,7 @@ use tokio::time::Instant;
 
 use super::config::SearchConfig;
 use super::encoder::{self, Action, DocKey, Write};
+use super::index::Unfixable;
 use super::postgres::Postgres;
 use super::request_builder::{self, Batch};
 use super::retry::{self, Outcome};
@@ -57,17 +64,14 @@ pub struct Sink {
     batch: Batch,
     batch_opened: Option<Instant>,
     in_flight: JoinSet<u64>,
-    /// Per batch in flight that ended inside a transaction: that transaction's version and the
-    /// documents it wrote there.
-    split: HashMap<u64, (u64, HashSet<DocKey>)>,
+    /// The documents of each unfinished batch, by sequence number.
+    in_flight_docs: HashMap<u64, HashSet<DocKey>>,
     next_seq: u64,
     /// Every batch below this sequence number has finished.
     finished_below: u64,
     finished: BTreeSet<u64>,
     /// (batches that must finish first, end LSN to acknowledge then), in commit order.
     commits: VecDeque<(u64, Lsn)>,
-    /// The version of the transaction whose events are arriving and whose Commit has not.
-    open_version: Option<u64>,
 }
 
 impl Sink {
@@ -80,12 +84,11 @@ impl Sink {
             batch: Batch::default(),
             batch_opened: None,
             in_flight: JoinSet::new(),
-            split: HashMap::new(),
+            in_flight_docs: HashMap::new(),
             next_seq: 0,
             finished_below: 0,
             finished: BTreeSet::new(),
             commits: VecDeque::new(),
-            open_version: None,
         }
     }
 
@@ -123,12 +126,11 @@ impl Sink {
     async fn handle(&mut self, msg: SinkMsg) -> anyhow::Result<()> {
         match msg {
             SinkMsg::Event { event, mapping } => {
-                self.open_version = Some(event.commit_lsn.0);
                 let alias = encoder::index_name(&mapping);
                 if event.op == Op::Truncate {
                     return self.truncate(&alias, &mapping).await;
                 }
-                self.ensure(&alias, &mapping).await;
+                self.ensure(&alias, &mapping).await?;
                 match encoder::actions(&event, &mapping) {
                     Ok(actions) => {
                         for action in actions {
@@ -139,7 +141,6 @@ impl Sink {
                 }
             }
             SinkMsg::Commit { end_lsn, .. } => {
-                self.open_version = None;
                 let must_finish = self.next_seq + u64::from(!self.batch.is_empty());
                 self.commits.push_back((must_finish, end_lsn));
                 self.acknowledge();
@@ -165,36 +166,32 @@ impl Sink {
         if self.batch.is_empty() {
             return Ok(());
         }
-        while self.in_flight.len() >= self.config.concurrency || self.overlaps_a_split_transaction() {
+        let docs: HashSet<DocKey> = self.batch.docs().cloned().collect();
+        while self.in_flight.len() >= self.config.concurrency
+            || self.in_flight_docs.values().any(|busy| !busy.is_disjoint(&docs))
+        {
             let done = self.in_flight.join_next().await.expect("a request is in flight")?;
             self.finish(done);
         }
         let seq = self.next_seq;
         self.next_seq += 1;
-        if let Some(version) = self.open_version {
-            self.split.insert(seq, (version, self.batch.docs_at(version)));
-        }
+        self.in_flight_docs.insert(seq, docs);
         self.shared
             .stats
             .coalesced
             .fetch_add(std::mem::take(&mut self.batch.coalesced), Ordering::Relaxed);
         let actions = self.batch.take();
         let shared = self.shared.clone();
+        let max_bytes = self.config.batch_max_bytes;
         self.in_flight.spawn(async move {
-            deliver(&shared, actions).await;
+            deliver(&shared, actions, max_bytes).await;
             seq
         });
         Ok(())
     }
 
-    fn overlaps_a_split_transaction(&self) -> bool {
-        self.split
-            .values()
-            .any(|(version, docs)| self.batch.docs_at(*version).iter().any(|d| docs.contains(d)))
-    }
-
     fn finish(&mut self, seq: u64) {
-        self.split.remove(&seq);
+        self.in_flight_docs.remove(&seq);
         self.finished.insert(seq);
         while self.finished.remove(&self.finished_below) {
             self.finished_below += 1;
@@ -223,18 +220,20 @@ impl Sink {
         Ok(())
     }
 
-    /// Creates the alias's index on first use; retried until the node takes it.
-    async fn ensure(&mut self, alias: &Arc<str>, mapping: &TableMapping) {
+    /// Creates the alias's index on first use; retried until the node takes it, unless no retry
+    /// can fix what failed (the settings file, a mapping the node refuses): that ends the run.
+    async fn ensure(&mut self, alias: &Arc<str>, mapping: &TableMapping) -> anyhow::Result<()> {
         if self.ensured.contains(alias) {
-            return;
+            return Ok(());
         }
         let service = self.shared.service.clone();
         let settings = mapping.settings.clone();
-        retry_forever(&self.shared.health, &format!("preparing index {alias}"), || {
+        retry_unless_unfixable(&self.shared.health, &format!("preparing index {alias}"), || {
             index::ensure(&service, alias, settings.as_deref())
         })
-        .await;
+        .await?;
         self.ensured.insert(alias.clone());
+        Ok(())
     }
 
     /// Everything before the truncate lands first (in the old index, about to be dropped); what
@@ -245,10 +244,10 @@ impl Sink {
         let service = self.shared.service.clone();
         let settings = mapping.settings.clone();
         tracing::info!(sink = %self.shared.name, table = %mapping.table, alias = %alias, "truncate: emptying the index");
-        retry_forever(&self.shared.health, &format!("truncating index {alias}"), || {
+        retry_unless_unfixable(&self.shared.health, &format!("truncating index {alias}"), || {
             index::truncate(&service, alias, settings.as_deref())
         })
-        .await;
+        .await?;
         self.ensured.insert(alias.clone());
         Ok(())
     }
@@ -265,24 +264,83 @@ impl Sink {
     }
 }
 
-/// Sends one batch until every action is written, stale, or dead-lettered.
-async fn deliver(shared: &Shared, actions: Vec<Action>) {
-    let mut actions = if actions.iter().any(|a| matches!(a.write, Write::IndexAfterRead { .. })) {
-        retry_forever(
+/// Sends one batch until every action is written, stale, or dead-lettered: in requests of at
+/// most `max_bytes` (counted once the documents are known), split further when the node says
+/// a request is too large.
+async fn deliver(shared: &Shared, actions: Vec<Action>, max_bytes: usize) {
+    let actions = if actions.iter().any(|a| matches!(a.write, Write::IndexAfterRead { .. })) {
+        let read = retry_forever(
             &shared.health,
             "reading back unchanged TOAST values from Postgres",
             || async { toast::read_back(&*shared.pg.client().await?, actions.clone()).await },
         )
-        .await
+        .await;
+        let letters: Vec<dead_letter::Letter> = read
+            .unreadable
+            .iter()
+            .map(|(action, why)| letter(action, why.clone()))
+            .collect();
+        store_letters(shared, letters).await;
+        read.actions
     } else {
         actions
     };
+    let mut requests = split_by_bytes(actions, max_bytes);
+    while let Some(request) = requests.pop_front() {
+        if let Some(halves) = send(shared, request).await {
+            for half in halves.into_iter().rev() {
+                requests.push_front(half);
+            }
+        }
+    }
+}
+
+/// Consecutive runs of `actions` of at most `max_bytes` each (at least one action each).
+fn split_by_bytes(actions: Vec<Action>, max_bytes: usize) -> VecDeque<Vec<Action>> {
+    let mut out = VecDeque::new();
+    let mut current: Vec<Action> = Vec::new();
+    let mut bytes = 0;
+    for action in actions {
+        if !current.is_empty() && bytes + action.size() > max_bytes {
+            out.push_back(std::mem::take(&mut current));
+            bytes = 0;
+        }
+        bytes += action.size();
+        current.push(action);
+    }
+    if !current.is_empty() {
+        out.push_back(current);
+    }
+    out
+}
+
+/// Sends one request until each of its actions is settled. Returns the request cut in halves
+/// when the node refused it as too large (413), to be sent in their place.
+async fn send(shared: &Shared, mut actions: Vec<Action>) -> Option<[Vec<Action>; 2]> {
     let mut attempt = 0u32;
     while !actions.is_empty() {
         let body = request_builder::build(&actions);
+        let bytes = body.len();
         let reply = shared.service.bulk(body).await;
         let outcomes = match reply {
             Err(e) => Err(("unreachable", format!("cannot reach {}: {e}", shared.service.url))),
+            Ok(reply) if reply.status == 413 => {
+                if actions.len() > 1 {
+                    tracing::info!(sink = %shared.name, documents = actions.len(), bytes, "the node refused a request as too large (HTTP 413); sending it in halves");
+                    let second = actions.split_off(actions.len() / 2);
+                    return Some([actions, second]);
+                }
+                let why = format!(
+                    "the document is {bytes} bytes with its bulk line, more than {} takes in one request \
+                     (HTTP 413: raise the node's http.max_content_length, or leave large columns out with \
+                     `columns` / `exclude_columns`)",
+                    shared.service.url
+                );
+                tracing::warn!(sink = %shared.name, index = %actions[0].doc.index, id = %actions[0].doc.id, "{why}; stored as a dead letter");
+                shared.stats.dead.fetch_add(1, Ordering::Relaxed);
+                store_letters(shared, vec![letter(&actions[0], why)]).await;
+                return None;
+            }
             Ok(reply) => retry::classify(reply.status, &reply.body, actions.len()).map_err(|f| {
                 if f.auth {
                     (
@@ -306,12 +364,27 @@ async fn deliver(shared: &Shared, actions: Vec<Action>) {
                 actions = settle(shared, actions, outcomes).await;
                 if actions.is_empty() {
                     shared.health.healthy();
-                    return;
+                    return None;
                 }
             }
         }
         tokio::time::sleep(backoff(attempt)).await;
         attempt = attempt.saturating_add(1);
+    }
+    None
+}
+
+fn letter(action: &Action, error: String) -> dead_letter::Letter {
+    dead_letter::Letter {
+        target: action.doc.index.to_string(),
+        payload: dead_letter::action_payload(action),
+        error,
+    }
+}
+
+async fn store_letters(shared: &Shared, letters: Vec<dead_letter::Letter>) {
+    if !letters.is_empty() {
+        dead_letter::store(shared, letters).await;
     }
 }
 
@@ -332,13 +405,7 @@ async fn settle(shared: &Shared, actions: Vec<Action>, outcomes: Vec<Outcome>) -
                 first_retry.get_or_insert(reason);
                 again.push(action);
             }
-            Outcome::Dead(reason) => {
-                letters.push(dead_letter::Letter {
-                    target: action.doc.index.to_string(),
-                    payload: dead_letter::action_payload(&action),
-                    error: reason,
-                });
-            }
+            Outcome::Dead(reason) => letters.push(letter(&action, reason)),
         }
     }
     if let Some(first) = letters.first() {
@@ -369,6 +436,27 @@ where
                 health.healthy();
                 return value;
             }
+            Err(e) => health.failing(what, &format!("{what}: {e:#}")),
+        }
+        tokio::time::sleep(backoff(attempt)).await;
+        attempt = attempt.saturating_add(1);
+    }
+}
+
+/// [`retry_forever`], except that an [`Unfixable`] error is returned at once.
+async fn retry_unless_unfixable<T, F, Fut>(health: &Health, what: &str, mut op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    let mut attempt = 0u32;
+    loop {
+        match op().await {
+            Ok(value) => {
+                health.healthy();
+                return Ok(value);
+            }
+            Err(e) if e.chain().any(|cause| cause.is::<Unfixable>()) => return Err(e.context(what.to_string())),
             Err(e) => health.failing(what, &format!("{what}: {e:#}")),
         }
         tokio::time::sleep(backoff(attempt)).await;
