@@ -6,14 +6,17 @@
 //! `coalesce` and `batcher` (events → batches), `ledger` (which transactions may be
 //! acknowledged), `service` (one HTTP attempt, rate limited), `retry` (response → what next),
 //! `delivery` (direct path, outbox switch, block mode, 410), `sender` (drains the outbox),
-//! `recorder` (attempt history), `sink` (the loop), `test_event` (`cdc webhook test`).
+//! `recorder` (attempt history), `sink` (the loop), `test_event` (`cdc webhook test`); its state
+//! in Postgres: `outbox` (stored batches) and `attempts` (delivery history).
 
+pub mod attempts;
 mod batcher;
 mod coalesce;
 pub mod config;
 mod delivery;
 pub mod envelope;
 mod ledger;
+pub mod outbox;
 mod recorder;
 pub mod retry;
 mod sender;
