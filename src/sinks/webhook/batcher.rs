@@ -206,7 +206,7 @@ pub fn moved_key(event: &Event) -> Option<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Op, Position, Row, TableName, Value};
+    use crate::event::{Op, Position};
 
     fn item(id: i64) -> Item {
         let key = Row(vec![(Arc::from("id"), Value::Int(id))]);
@@ -260,6 +260,78 @@ mod tests {
         b.push(item(1), now);
         b.push(item(2), now);
         assert_eq!(b.due(now)[0].items.len(), 2);
+    }
+
+    fn moved(id: i64, to: i64) -> Item {
+        let e = Event::new(
+            Op::Update,
+            Arc::new(TableName::parse("t")),
+            Some(Row(vec![(Arc::from("id"), Value::Int(id))])),
+            None,
+            Some(Row(vec![(Arc::from("id"), Value::Int(to))])),
+            None,
+            Position::default(),
+        );
+        Item::new(Arc::new(e), 0)
+    }
+
+    /// Two ids whose own lanes differ among `lanes`.
+    fn ids_in_different_lanes(lanes: usize) -> (i64, i64) {
+        let own = |id: i64| {
+            let key = Row(vec![(Arc::from("id"), Value::Int(id))]);
+            lane_of(&TableName::parse("t"), Some(&key), lanes)
+        };
+        (2..100)
+            .find(|&id| own(id) != own(1))
+            .map(|id| (1, id))
+            .expect("100 ids hash to more than one lane")
+    }
+
+    #[test]
+    fn after_a_key_change_the_rows_events_follow_it_until_its_lane_handed_it_off() {
+        let (old, new) = ids_in_different_lanes(4);
+        let mut b = Batcher::new(4, 1, Duration::ZERO);
+        let now = Instant::now();
+        let before = b.push(item(old), now).unwrap();
+        let change = b.push(moved(old, new), now).unwrap();
+        assert_eq!(
+            change.lane, before.lane,
+            "the key change goes behind the row's earlier events"
+        );
+        let after = b.push(item(new), now).unwrap();
+        assert_eq!(after.lane, change.lane, "the row's next event follows the key change");
+
+        b.handed_off(change.lane, change.number);
+        assert_eq!(
+            b.push(item(new), now).unwrap().lane,
+            change.lane,
+            "an event sent under the pin is still in flight"
+        );
+        b.handed_off(change.lane, change.number + 2);
+        let own = b.push(item(new), now).unwrap().lane;
+        assert_ne!(
+            own, change.lane,
+            "once the lane handed everything off, the key's own lane"
+        );
+        assert!(b.pins.is_empty());
+    }
+
+    #[test]
+    fn a_chain_of_key_changes_stays_in_one_lane() {
+        let mut b = Batcher::new(4, 1, Duration::ZERO);
+        let now = Instant::now();
+        let first = b.push(moved(1, 2), now).unwrap().lane;
+        for (from, to) in [(2, 3), (3, 4), (4, 5), (5, 1)] {
+            assert_eq!(b.push(moved(from, to), now).unwrap().lane, first);
+        }
+        assert_eq!(b.push(item(1), now).unwrap().lane, first);
+    }
+
+    #[test]
+    fn an_update_that_keeps_its_key_pins_nothing() {
+        let mut b = Batcher::new(4, 1, Duration::ZERO);
+        b.push(moved(7, 7), Instant::now());
+        assert!(b.pins.is_empty());
     }
 
     #[test]
