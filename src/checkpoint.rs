@@ -67,6 +67,18 @@ impl Checkpoint {
         }
     }
 
+    /// Whether any transaction was handed to the router in this run.
+    pub fn received_any(&self) -> bool {
+        self.dispatched > Lsn::ZERO
+    }
+
+    /// When some sink has not acknowledged every transaction handed to the router: (the lowest
+    /// acknowledged position, the end of the last transaction handed over).
+    pub fn undelivered(&self) -> Option<(Lsn, Lsn)> {
+        let acked = self.acks.iter().map(Ack::position).min()?;
+        (acked < self.dispatched).then_some((acked, self.dispatched))
+    }
+
     /// The minimum position over all sinks; past it the last idle keepalive's position once
     /// every sink caught up with what was dispatched before that keepalive.
     pub fn confirmable(&self) -> Lsn {
@@ -93,6 +105,19 @@ mod tests {
         assert_eq!(cp.confirmable(), Lsn(100));
         slow.delivered(Lsn(300));
         assert_eq!(cp.confirmable(), Lsn(300));
+    }
+
+    #[test]
+    fn undelivered_names_what_a_lagging_sink_has_not_acknowledged() {
+        let mut cp = Checkpoint::new();
+        let fast = cp.register();
+        let slow = cp.register();
+        cp.dispatched(Lsn(300));
+        fast.delivered(Lsn(300));
+        slow.delivered(Lsn(100));
+        assert_eq!(cp.undelivered(), Some((Lsn(100), Lsn(300))));
+        slow.delivered(Lsn(300));
+        assert_eq!(cp.undelivered(), None);
     }
 
     #[test]

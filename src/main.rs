@@ -46,7 +46,7 @@ struct Cli {
 enum Command {
     /// Run the daemon: stream the slot to the sinks until SIGINT/SIGTERM.
     #[command(
-        after_help = "Example:\n  cdc run --config cdc.toml\n\nLogs go to stderr (RUST_LOG=cdc=debug for more); the stdout sink writes events to stdout.\nOn SIGINT/SIGTERM cdc stops reading, lets sinks deliver what they hold, confirms the final position and exits 0."
+        after_help = "Example:\n  cdc run --config cdc.toml\n\nLogs go to stderr (RUST_LOG=cdc=debug for more); the stdout sink writes events to stdout.\nOn SIGINT/SIGTERM cdc stops reading, lets sinks deliver what they hold, confirms the final position and exits 0;\nit exits 1 when a sink failed or did not deliver everything it received, or the final position was not confirmed."
     )]
     Run {
         /// Exit once the stream reaches this LSN (e.g. 0/1A2B3C4D, from SELECT pg_current_wal_lsn()):
@@ -143,6 +143,9 @@ fn main() -> ExitCode {
             Command::DeadLetters { action } => commands::dead_letters::run(&config, action).await.map(|_| 0),
         }
     });
+    // Tasks still running (a sink's retries, the replication worker) may log: stop them first,
+    // so an error is the last line a user or a script sees.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     match result {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {

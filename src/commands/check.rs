@@ -242,11 +242,21 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
     // Search and webhook sinks keep dead letters (and the webhook outbox) in cdc's schema.
     if config.sinks.values().any(|s| !matches!(s, SinkConfig::Stdout(_))) {
         let missing = crate::state::missing_tables(c).await?;
+        let may_create: bool = c
+            .query_one("SELECT has_database_privilege(current_database(), 'CREATE')", &[])
+            .await?
+            .get(0);
         if missing.is_empty() {
             r.ok(format!("cdc's state schema {} is in place", crate::state::SCHEMA));
+        } else if may_create {
+            r.warn(format!(
+                "cdc's state tables are missing ({}): `cdc setup` creates them, and so does `cdc run` at start",
+                missing.join(", ")
+            ));
         } else {
             r.problem(format!(
-                "cdc's state tables are missing ({}): run `cdc setup` to create them",
+                "cdc's state tables are missing ({}) and this role may not create them: run `cdc setup` as a role \
+                 that may, or GRANT CREATE ON DATABASE to this one",
                 missing.join(", ")
             ));
         }

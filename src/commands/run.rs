@@ -1,13 +1,15 @@
 //! `cdc run`: the daemon. Starts the sinks, streams from the slot through the router, and
 //! confirms to Postgres only what every sink acknowledged. SIGINT/SIGTERM: stop reading, let the
-//! sinks deliver what they hold, confirm the final position, exit 0.
+//! sinks deliver what they hold, confirm the final position, exit 0. It exits non-zero when it
+//! cannot say that: a sink failed (its own error is the last line), a sink did not deliver
+//! what it held in time, or the final position was not confirmed.
 
 use tokio::sync::watch;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::Config;
 use crate::event::Lsn;
-use crate::router::{Router, SinkStopped};
+use crate::router::Router;
 use crate::sinks;
 use crate::source::stream;
 
@@ -18,9 +20,12 @@ pub async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<()> {
     let mut router = Router::new(&config.tables, senders);
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
+    let sink_failed = running.failed();
     tokio::spawn(async move {
-        wait_for_signal().await;
-        tracing::info!("shutdown requested: delivering what the sinks hold, then confirming the final position");
+        tokio::select! {
+            _ = wait_for_signal() => tracing::info!("shutdown requested: delivering what the sinks hold, then confirming the final position"),
+            _ = sink_failed => tracing::error!("a sink failed: stopping; the other sinks deliver what they hold"),
+        }
         let _ = stop_tx.send(true);
     });
 
@@ -45,12 +50,20 @@ pub async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<()> {
     }
     // After a fatal error the sinks still deliver what they hold; after a shutdown this was done.
     router.close();
-    let sink_error = running.drain().await;
-    match (streamed, sink_error) {
-        // The stream stopped because a sink ended: the sink's own error says why, last.
-        (Err(e), Some(sink)) if e.chain().any(|cause| cause.is::<SinkStopped>()) => Err(sink),
-        (Err(e), _) | (Ok(_), Some(e)) => Err(e),
-        (Ok(_), None) => Ok(()),
+    let drained = running.drain().await;
+    outcome(streamed, drained)
+}
+
+/// The run's result. A failed sink's own error wins over what the stream saw because of it (the
+/// router found its channel closed, or the run stopped before confirming).
+fn outcome(streamed: anyhow::Result<stream::Stop>, drained: anyhow::Result<()>) -> anyhow::Result<()> {
+    match (streamed, drained) {
+        (_, Err(sink)) => Err(sink),
+        (Err(e), Ok(())) => Err(e),
+        (Ok(stream::Stop::Unconfirmed), Ok(())) => Err(anyhow::anyhow!(
+            "stopped while Postgres was unreachable: the final position was not confirmed; what was delivered since the last confirmed position is sent again at the next start"
+        )),
+        (Ok(_), Ok(())) => Ok(()),
     }
 }
 

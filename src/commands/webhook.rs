@@ -7,10 +7,10 @@ use anyhow::Context;
 
 use crate::config::{Config, SinkConfig};
 use crate::event::format_timestamp_us;
+use crate::sinks::webhook::attempts::{self, Attempt, Via};
+use crate::sinks::webhook::outbox;
 use crate::sinks::webhook::{test_event, WebhookConfig};
 use crate::source::connection;
-use crate::state::attempts::{self, Attempt, Via};
-use crate::state::outbox;
 
 /// Attempts `cdc webhook attempts` shows.
 const SHOWN: i64 = 50;

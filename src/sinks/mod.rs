@@ -16,7 +16,7 @@ pub mod webhook;
 
 use std::sync::Arc;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, SinkConfig, TableMapping};
@@ -47,18 +47,32 @@ pub enum SinkMsg {
 pub const CHANNEL_CAPACITY: usize = 4096;
 
 /// The running sink tasks.
-#[derive(Default)]
 pub struct Running {
     tasks: Vec<(String, JoinHandle<anyhow::Result<()>>)>,
+    /// Becomes true when a sink task ends with an error (see [`Running::failed`]).
+    failed: watch::Receiver<bool>,
 }
 
 /// How long sinks get, together, to deliver what they hold once their channels closed.
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Running {
+    /// Resolves once a sink has failed: `cdc run` then stops at once instead of streaming on
+    /// until the router finds the sink's channel closed (which, on a quiet table, may be hours).
+    pub fn failed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut failed = self.failed.clone();
+        async move {
+            // An Err means every sender is gone: no sink can fail any more.
+            if failed.wait_for(|f| *f).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Waits for every sink to deliver what it holds (their channels must be closed: see
-    /// `Router::close`). Returns the first sink error. A second call does nothing.
-    pub async fn drain(&mut self) -> Option<anyhow::Error> {
+    /// `Router::close`). Fails with the first sink error, or when a sink did not finish within
+    /// the drain timeout (what it held is replayed at the next start). A second call does nothing.
+    pub async fn drain(&mut self) -> anyhow::Result<()> {
         let mut failed = None;
         // One deadline for all: the sinks drain concurrently (they are tasks), so waiting for
         // them in turn against a shared deadline bounds the whole shutdown.
@@ -74,14 +88,17 @@ impl Running {
                     tracing::error!(sink = %name, "sink task panicked: {join}");
                     failed.get_or_insert(anyhow::anyhow!("sink {name} panicked"));
                 }
-                Err(_) => tracing::warn!(
-                    sink = %name,
-                    "sink did not finish within {}s; what it did not deliver is replayed on the next start",
-                    DRAIN_TIMEOUT.as_secs()
-                ),
+                Err(_) => {
+                    let e = anyhow::anyhow!(
+                        "sink {name} did not deliver what it held within {}s; it is sent again at the next start",
+                        DRAIN_TIMEOUT.as_secs()
+                    );
+                    tracing::error!(sink = %name, "{e}");
+                    failed.get_or_insert(e);
+                }
             }
         }
-        failed
+        failed.map_or(Ok(()), Err)
     }
 }
 
@@ -95,28 +112,38 @@ pub fn spawn_all(
 ) -> anyhow::Result<(Senders, Running)> {
     let mut senders = Vec::new();
     let mut tasks = Vec::new();
+    let (failed_tx, failed) = watch::channel(false);
     for (name, sink) in &config.sinks {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let ack = checkpoint.register();
         let task = match sink {
-            SinkConfig::Stdout(cfg) => tokio::spawn(stdout::run(cfg.clone(), rx, ack)),
-            SinkConfig::Webhook(cfg) => tokio::spawn(webhook::run(
-                name.clone(),
-                cfg.clone(),
-                config.source.url.clone(),
-                rx,
-                ack,
-            )),
-            SinkConfig::Elasticsearch(cfg) => tokio::spawn(search::run(
-                name.clone(),
-                cfg.clone(),
-                config.source.url.clone(),
-                rx,
-                ack,
-            )),
+            SinkConfig::Stdout(cfg) => watched(&failed_tx, stdout::run(cfg.clone(), rx, ack)),
+            SinkConfig::Webhook(cfg) => watched(
+                &failed_tx,
+                webhook::run(name.clone(), cfg.clone(), config.source.url.clone(), rx, ack),
+            ),
+            SinkConfig::Elasticsearch(cfg) => watched(
+                &failed_tx,
+                search::run(name.clone(), cfg.clone(), config.source.url.clone(), rx, ack),
+            ),
         };
         senders.push((name.clone(), tx));
         tasks.push((name.clone(), task));
     }
-    Ok((senders, Running { tasks }))
+    Ok((senders, Running { tasks, failed }))
+}
+
+/// Spawns a sink; its failure raises `failed`.
+fn watched(
+    failed: &watch::Sender<bool>,
+    sink: impl std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+) -> JoinHandle<anyhow::Result<()>> {
+    let failed = failed.clone();
+    tokio::spawn(async move {
+        let result = sink.await;
+        if result.is_err() {
+            failed.send_replace(true);
+        }
+        result
+    })
 }

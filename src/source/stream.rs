@@ -23,13 +23,15 @@ use crate::source::errors;
 use crate::source::pgoutput::{self, Message};
 use crate::source::relations::RelationCache;
 
-/// How the loop ended; either way the sinks delivered what they held and the final position
-/// was confirmed.
+/// How the loop ended.
 pub enum Stop {
-    /// Shutdown was requested.
+    /// Shutdown was requested; the sinks delivered everything and the final position was confirmed.
     Shutdown,
-    /// The stream reached the requested stop position (`cdc run --stop-at`).
+    /// The stream reached the requested stop position (`cdc run --stop-at`); as for `Shutdown`.
     Reached(Lsn),
+    /// Shutdown was requested while no session was streaming (Postgres unreachable) after
+    /// changes were received: the final position could not be confirmed.
+    Unconfirmed,
 }
 
 struct Txn {
@@ -66,7 +68,12 @@ pub async fn run(
     let mut backoff = Backoff::new();
     loop {
         if *shutdown.borrow() {
-            return Ok(Stop::Shutdown);
+            // Between sessions: what was delivered after the last status update is unconfirmed.
+            return Ok(if checkpoint.received_any() {
+                Stop::Unconfirmed
+            } else {
+                Stop::Shutdown
+            });
         }
         match session(source, router, sinks, checkpoint, shutdown, stop_at, &mut backoff).await {
             Ok(stop) => return Ok(stop),
@@ -129,7 +136,7 @@ async fn session(
         let ev = tokio::select! {
             biased;
             _ = shutdown.changed() => {
-                finish(&mut client, router, sinks, checkpoint, source.status_interval).await;
+                finish(&mut client, router, sinks, checkpoint, source.status_interval).await.map_err(SessionError::Fatal)?;
                 return Ok(Stop::Shutdown);
             }
             _ = tick.tick() => {
@@ -198,7 +205,9 @@ async fn session(
             _ = shutdown.changed() => Some(Stop::Shutdown),
         };
         if let Some(stop) = stop {
-            finish(&mut client, router, sinks, checkpoint, source.status_interval).await;
+            finish(&mut client, router, sinks, checkpoint, source.status_interval)
+                .await
+                .map_err(SessionError::Fatal)?;
             return Ok(stop);
         }
         // An atomic store; the client sends it on its status interval.
@@ -286,30 +295,40 @@ fn lookup<'a>(
 
 /// Shutdown: the sinks deliver what they hold, then the final position is confirmed before the
 /// session closes. The replication client sends positions on its status interval, so wait
-/// (bounded) until it has sent this one.
+/// (bounded) until it has sent this one. Fails unless every sink delivered everything it
+/// received and the position was sent: `cdc run`'s exit status says whether it stopped clean.
 async fn finish(
     client: &mut ReplicationClient,
     router: &mut Router,
     sinks: &mut Running,
     checkpoint: &Checkpoint,
     status_interval: Duration,
-) {
+) -> anyhow::Result<()> {
     router.close();
-    if let Some(e) = sinks.drain().await {
-        tracing::error!("a sink failed while stopping: {e:#}");
-    }
+    let drained = sinks.drain().await;
     let last = checkpoint.confirmable();
     client.update_applied_lsn(to_pg(last));
     let deadline = tokio::time::Instant::now() + status_interval + Duration::from_secs(2);
     while client.metrics().last_applied_lsn().as_u64() < last.0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    tracing::info!(confirmed = %last, "confirmed the final position");
+    let confirmed = client.metrics().last_applied_lsn().as_u64() >= last.0;
+    if confirmed {
+        tracing::info!(confirmed = %last, "confirmed the final position");
+    }
     client.stop();
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         while let Ok(Some(_)) = client.recv().await {}
     })
     .await;
+    drained?;
+    if let Some((acked, dispatched)) = checkpoint.undelivered() {
+        anyhow::bail!("stopped with undelivered changes: the sinks acknowledged up to {acked}, the stream had reached {dispatched}; the rest is sent again at the next start");
+    }
+    if !confirmed {
+        anyhow::bail!("could not confirm the final position {last} to Postgres; what was delivered since the last confirmed position is sent again at the next start");
+    }
+    Ok(())
 }
 
 /// `--stop-at`: whether the stream, between transactions at `position`, has reached it.

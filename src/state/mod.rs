@@ -1,49 +1,84 @@
-//! cdc's own state in Postgres, in its own schema (`cdc` by default), never published:
-//! dead letters (documents or batches a sink could not deliver) and the webhook outbox.
-//!
-//! Each submodule owns its tables and exposes its DDL; `ensure_schema` creates whatever is
-//! missing, idempotently, on a regular (non-replication) connection.
+//! cdc's own state in Postgres, in its own schema (`cdc`), never published. Dead letters live
+//! here (shared by every sink); the webhook sink's outbox and attempt history live with it
+//! (`sinks::webhook::outbox`, `sinks::webhook::attempts`) but are created here too, so
+//! [`ensure_schema`] stays the one place that creates cdc's schema. [`Postgres`] is the sinks'
+//! reconnecting connection to it.
 
-pub mod attempts;
 pub mod dead_letters;
-pub mod outbox;
+mod postgres;
 
+pub use postgres::Postgres;
+
+use anyhow::Context;
 use tokio_postgres::Client;
+
+use crate::sinks::webhook;
 
 /// The schema cdc keeps its state in.
 pub const SCHEMA: &str = "cdc";
 
-/// Creates cdc's schema and tables when missing.
-pub async fn ensure_schema(client: &Client) -> Result<(), tokio_postgres::Error> {
-    client
-        .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
-        .await?;
-    for ddl in all_ddl() {
+/// Creates cdc's schema and whichever of its tables are missing (`cdc setup`, `cdc run` at
+/// start). Returns the tables it created, so a caller can say so. Needs the CREATE privilege on
+/// the database only when something is missing.
+pub async fn ensure_schema(client: &Client) -> Result<Vec<&'static str>, tokio_postgres::Error> {
+    let mut created = Vec::new();
+    for (table, ddl) in TABLES {
+        let exists: bool = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[table])
+            .await?
+            .get(0);
+        if exists {
+            continue;
+        }
+        if created.is_empty() {
+            client
+                .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {SCHEMA}"))
+                .await?;
+        }
         client.batch_execute(ddl).await?;
+        created.push(*table);
+    }
+    Ok(created)
+}
+
+/// Every table of cdc's schema with its DDL (CREATE ... IF NOT EXISTS), in dependency order.
+const TABLES: &[(&str, &str)] = &[
+    ("cdc.dead_letters", dead_letters::DDL),
+    ("cdc.webhook_outbox", webhook::outbox::DDL),
+    ("cdc.webhook_attempts", webhook::attempts::DDL),
+];
+
+/// A sink's start (`cdc run`): creates cdc's schema when it is missing, as the source creates a
+/// missing slot, and says so; waits (with backoff) while Postgres cannot be reached. An error
+/// here (no CREATE privilege, say) ends the run at start, not at the first change.
+pub async fn prepare(db: &Postgres, sink: &str) -> anyhow::Result<()> {
+    let created = db
+        .retry(&format!("sink {sink}: creating cdc's state schema"), |client| async move {
+            ensure_schema(&client).await
+        })
+        .await
+        .context("cdc keeps its state (webhook outbox, dead letters) in the schema `cdc`: run `cdc setup`, or grant this role CREATE on the database")?;
+    if !created.is_empty() {
+        tracing::info!(
+            sink,
+            "created cdc's state tables (`cdc setup` was not run): {}",
+            created.join(", ")
+        );
     }
     Ok(())
 }
 
-/// The tables of cdc's state that do not exist (what `cdc check` reports), named as in the DDL.
-pub async fn missing_tables(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+/// The tables of cdc's state that do not exist (what `cdc check` reports).
+pub async fn missing_tables(client: &Client) -> Result<Vec<&'static str>, tokio_postgres::Error> {
     let mut missing = Vec::new();
-    for table in all_ddl()
-        .iter()
-        .flat_map(|ddl| ddl.split("CREATE TABLE IF NOT EXISTS ").skip(1))
-    {
-        let name = table.split_whitespace().next().unwrap_or_default();
+    for (table, _) in TABLES {
         let exists: bool = client
-            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[table])
             .await?
             .get(0);
         if !exists {
-            missing.push(name.to_string());
+            missing.push(*table);
         }
     }
     Ok(missing)
-}
-
-/// Every submodule's DDL (CREATE ... IF NOT EXISTS statements), in dependency order.
-fn all_ddl() -> Vec<&'static str> {
-    vec![dead_letters::DDL, outbox::DDL, attempts::DDL]
 }

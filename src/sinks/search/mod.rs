@@ -23,7 +23,6 @@ pub mod dead_letter;
 pub mod encoder;
 pub mod health;
 pub mod index;
-pub mod postgres;
 pub mod request_builder;
 pub mod retry;
 pub mod rows;
@@ -49,10 +48,12 @@ pub async fn run(
     rx: mpsc::Receiver<SinkMsg>,
     ack: Ack,
 ) -> anyhow::Result<()> {
+    let pg = crate::state::Postgres::new(&source_url);
+    crate::state::prepare(&pg, &name).await?;
     let name: Arc<str> = Arc::from(name);
     let shared = Arc::new(sink::Shared {
         service: service::Service::new(&config)?,
-        pg: postgres::Postgres::new(&source_url),
+        pg,
         health: sink::Health::new(name.clone()),
         stats: sink::Stats::default(),
         name,

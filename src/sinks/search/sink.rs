@@ -29,7 +29,6 @@ use tokio::time::Instant;
 use super::config::SearchConfig;
 use super::encoder::{self, Action, DocKey, Write};
 use super::index::Unfixable;
-use super::postgres::Postgres;
 use super::request_builder::{self, Batch};
 use super::retry::{self, Outcome};
 use super::service::Service;
@@ -38,6 +37,7 @@ use crate::checkpoint::Ack;
 use crate::config::TableMapping;
 use crate::event::{Event, Lsn, Op};
 use crate::sinks::SinkMsg;
+use crate::state::Postgres;
 
 /// What every batch's task shares.
 pub struct Shared {

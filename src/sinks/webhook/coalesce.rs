@@ -6,7 +6,10 @@
 //! the changed columns, and the last change's id. An insert followed by updates stays an
 //! insert; anything followed by a delete is a delete; a change after a delete starts a new
 //! event (the delete leaves first). A truncate first releases every held event, so nothing
-//! overtakes it. The window is never extended, so no event waits longer than the window.
+//! overtakes it. A key-changing update is never held or merged: the events held under its old
+//! key (the row's own) and under its new key (a row that left that key) leave first, then it,
+//! so the row's events stay in order and never merge with another row's. The window is never
+//! extended, so no event waits longer than the window.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::batcher::Item;
+use super::batcher::{moved_key, Item};
 use crate::event::{Op, TableName};
 
 type RowKey = (Arc<TableName>, String);
@@ -42,10 +45,16 @@ impl Coalescer {
             out.push(item);
             return out;
         };
-        let row = (
-            item.event.table.clone(),
-            serde_json::to_string(key).expect("a row always serializes"),
-        );
+        let row = row_key(&item.event.table, key);
+        if let Some(new_key) = moved_key(&item.event) {
+            let new_row = row_key(&item.event.table, &new_key);
+            let mut out: Vec<Item> = [row, new_row]
+                .iter()
+                .filter_map(|r| self.held.remove(r).map(|(_, held)| held))
+                .collect();
+            out.push(item);
+            return out;
+        }
         let mut out = Vec::new();
         let item = match self.held.remove(&row) {
             Some((_, prev)) if prev.event.op == Op::Delete => {
@@ -94,6 +103,13 @@ impl Coalescer {
         }
         out
     }
+}
+
+fn row_key(table: &Arc<TableName>, key: &crate::event::Row) -> RowKey {
+    (
+        table.clone(),
+        serde_json::to_string(key).expect("a row always serializes"),
+    )
 }
 
 fn merge(prev: Item, next: Item) -> Item {
@@ -253,6 +269,55 @@ mod tests {
             .iter()
             .all(|i| i.event.op == Op::Create));
         assert!(c.drain().is_empty(), "the stale window of the delete releases nothing");
+    }
+
+    /// An update of row `id` to key `to`, seq `seq`.
+    fn key_change(id: i64, to: i64, seq: u32) -> Item {
+        let pos = Position {
+            commit_lsn: Lsn(100 + seq as u64),
+            seq,
+            ..Position::default()
+        };
+        let e = Event::new(
+            Op::Update,
+            Arc::new(TableName::parse("docs")),
+            Some(row(&[("id", id)])),
+            None,
+            Some(row(&[("id", to), ("a", 0)])),
+            None,
+            pos,
+        );
+        Item::new(Arc::new(e), seq as u64)
+    }
+
+    fn ids(items: &[Item]) -> Vec<String> {
+        items.iter().map(|i| i.event.id()).collect()
+    }
+
+    #[test]
+    fn a_key_change_leaves_at_once_after_what_was_held_under_either_key() {
+        let mut c = Coalescer::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        c.push(ev(Op::Update, 1, &[("id", 1), ("a", 1)], Some(&["a"]), 1), t0);
+        c.push(ev(Op::Delete, 2, &[], None, 2), t0);
+        let out = c.push(key_change(1, 2, 3), t0);
+        assert_eq!(
+            ids(&out),
+            ["0/65:1", "0/66:2", "0/67:3"],
+            "row 1's held update, the held delete of key 2, then the move"
+        );
+        assert_eq!(
+            out[2].event.key,
+            Some(row(&[("id", 1)])),
+            "not merged: it keeps its old key"
+        );
+        // The row's next change under its new key is held on its own, not merged into anything.
+        assert!(c
+            .push(ev(Op::Update, 2, &[("id", 2), ("a", 5)], Some(&["a"]), 4), t0)
+            .is_empty());
+        let later = c.drain();
+        assert_eq!(ids(&later), ["0/68:4"]);
+        assert_eq!(later[0].txns().collect::<Vec<_>>(), [4]);
     }
 
     #[test]

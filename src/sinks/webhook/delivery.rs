@@ -14,19 +14,18 @@
 //! taken becomes a dead letter.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{watch, Mutex, Notify};
-use tokio_postgres::Client;
 
+use super::attempts::{Attempt, Via};
 use super::config::{OnExhausted, WebhookConfig};
+use super::outbox;
 use super::recorder::Recorder;
 use super::retry::{self, Verdict};
 use super::service::{Response, Service};
-use crate::state::attempts::{Attempt, Via};
-use crate::state::{dead_letters, outbox};
+use crate::state::{dead_letters, Postgres};
 
 /// One request's worth of events, ready to send.
 #[derive(Debug, Clone)]
@@ -50,7 +49,8 @@ pub struct Endpoint {
     pub name: String,
     pub config: WebhookConfig,
     pub service: Service,
-    pub db: Arc<Client>,
+    /// cdc's state database (outbox, dead letters), reconnected after a Postgres restart.
+    pub db: Postgres,
     recorder: Recorder,
     /// True while the outbox holds (or may hold) batches: later batches must queue behind them.
     outbox_active: Mutex<bool>,
@@ -63,20 +63,14 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    pub fn new(
-        name: String,
-        config: WebhookConfig,
-        db: Arc<Client>,
-        recorder: Recorder,
-        outbox_has_batches: bool,
-    ) -> anyhow::Result<Endpoint> {
+    pub fn new(name: String, config: WebhookConfig, db: Postgres, recorder: Recorder) -> anyhow::Result<Endpoint> {
         Ok(Endpoint {
             service: Service::new(&config)?,
             name,
             config,
             db,
             recorder,
-            outbox_active: Mutex::new(outbox_has_batches),
+            outbox_active: Mutex::new(false),
             stored: Notify::new(),
             disabled: AtomicBool::new(false),
             stopping: watch::channel(false).0,
@@ -84,7 +78,8 @@ impl Endpoint {
         })
     }
 
-    /// Delivers the batch or hands it off durably. Errors are the state database's only.
+    /// Delivers the batch or hands it off durably. Postgres outages are waited out; errors are
+    /// those Postgres reports for a statement (a reconnect cannot fix them).
     pub async fn hand_off(&self, batch: &Batch) -> anyhow::Result<HandOff> {
         if self.is_disabled() {
             self.dead_letter(batch, 0, "the endpoint answered 410 Gone earlier and is disabled")
@@ -144,7 +139,12 @@ impl Endpoint {
             next_attempt_at: next,
             error,
         };
-        outbox::push(&self.db, &stored).await?;
+        let stored = &stored;
+        self.db
+            .retry("storing a webhook batch in the outbox", |c| async move {
+                outbox::push(&c, stored).await
+            })
+            .await?;
         if !*active {
             tracing::warn!(sink = %self.name, "{} failed ({error}); its batches go to the outbox until it recovers", self.service.url());
             *active = true;
@@ -211,7 +211,12 @@ impl Endpoint {
             error,
             attempts,
         };
-        dead_letters::insert_many(&self.db, &[letter]).await?;
+        let letter = std::slice::from_ref(&letter);
+        self.db
+            .retry("storing a dead letter", |c| async move {
+                dead_letters::insert_many(&c, letter).await
+            })
+            .await?;
         tracing::error!(sink = %self.name, batch = %batch.id, events = batch.events, "batch became a dead letter: {error}");
         Ok(())
     }
@@ -234,13 +239,24 @@ impl Endpoint {
     /// lane stored one meanwhile. Returns whether the endpoint is back on the direct path.
     pub async fn leave_outbox(&self) -> anyhow::Result<bool> {
         let mut active = self.outbox_active.lock().await;
-        if outbox::len(&self.db, &self.name).await? == 0 {
+        if self.outbox_len().await? == 0 {
             if *active {
                 tracing::info!(sink = %self.name, "outbox drained: batches go straight to {} again", self.service.url());
             }
             *active = false;
         }
         Ok(!*active)
+    }
+
+    /// How many batches wait in the outbox.
+    pub async fn outbox_len(&self) -> anyhow::Result<i64> {
+        let name = &self.name;
+        self.db
+            .retry(
+                "reading the webhook outbox",
+                |c| async move { outbox::len(&c, name).await },
+            )
+            .await
     }
 
     /// Stored batches were found (from an earlier run, or replayed dead letters): later batches

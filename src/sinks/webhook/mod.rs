@@ -7,8 +7,9 @@
 //! acknowledged), `service` (one HTTP attempt, rate limited), `retry` (response → what next),
 //! `delivery` (direct path, outbox switch, block mode, 410), `sender` (drains the outbox),
 //! `recorder` (attempt history), `sink` (the loop), `test_event` (`cdc webhook test`), `health`
-//! (`cdc check`).
+//! (`cdc check`); its state in Postgres: `outbox` (stored batches) and `attempts` (delivery history).
 
+pub mod attempts;
 mod batcher;
 mod coalesce;
 pub mod config;
@@ -16,6 +17,7 @@ mod delivery;
 pub mod envelope;
 pub mod health;
 mod ledger;
+pub mod outbox;
 mod recorder;
 pub mod retry;
 mod sender;

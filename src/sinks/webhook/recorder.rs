@@ -1,13 +1,11 @@
 //! Every delivery attempt is recorded in `cdc.webhook_attempts`, written in the background and
 //! in groups so recording costs the hot path one channel send, not one database round trip.
 
-use std::sync::Arc;
-
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tokio_postgres::Client;
 
-use crate::state::attempts::{self, Attempt};
+use super::attempts::{self, Attempt};
+use crate::state::Postgres;
 
 /// Attempts queued for writing before recording slows the senders down.
 const QUEUE: usize = 4096;
@@ -21,7 +19,7 @@ pub struct Recorder {
 
 impl Recorder {
     /// Starts the writer; it ends once every `Recorder` clone is dropped and the queue is written.
-    pub fn spawn(db: Arc<Client>, sink: String) -> (Recorder, JoinHandle<()>) {
+    pub fn spawn(db: Postgres, sink: String) -> (Recorder, JoinHandle<()>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         (Recorder { tx }, tokio::spawn(write(db, sink, rx)))
     }
@@ -32,12 +30,19 @@ impl Recorder {
     }
 }
 
-async fn write(db: Arc<Client>, sink: String, mut rx: mpsc::Receiver<Attempt>) {
+async fn write(db: Postgres, sink: String, mut rx: mpsc::Receiver<Attempt>) {
     let mut group = Vec::with_capacity(GROUP);
     while rx.recv_many(&mut group, GROUP).await > 0 {
-        // Attempts are diagnostics: failing to record them must not stop deliveries.
-        if let Err(e) = attempts::record(&db, &sink, &group).await {
-            tracing::warn!(sink, "could not record {} delivery attempts: {e}", group.len());
+        // Attempts are diagnostics: failing to record them (Postgres restarting) must neither
+        // stop nor slow deliveries; the connection is reopened for the next group.
+        let recorded = match db.client().await {
+            Ok(client) => attempts::record(&client, &sink, &group)
+                .await
+                .map_err(anyhow::Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            tracing::warn!(sink, "could not record {} delivery attempts: {e:#}", group.len());
         }
         group.clear();
     }

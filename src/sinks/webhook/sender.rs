@@ -8,17 +8,28 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use super::attempts::Via;
 use super::delivery::{Batch, Endpoint};
+use super::outbox::{self, Stored};
 use super::retry::{self, Verdict};
-use crate::state::attempts::Via;
-use crate::state::outbox::{self, Stored};
 
 /// How often an idle sender looks for stored batches nobody told it about.
 const IDLE_POLL: Duration = Duration::from_secs(5);
 
+/// Drains the outbox for as long as the sink runs. Postgres outages are waited out (see
+/// `state::Postgres::retry`); it returns only with an error a reconnect cannot fix, which ends
+/// the sink.
 pub async fn run(endpoint: Arc<Endpoint>) -> anyhow::Result<()> {
     loop {
-        match outbox::head(&endpoint.db, &endpoint.name).await? {
+        let name = &endpoint.name;
+        let head = endpoint
+            .db
+            .retry(
+                "reading the webhook outbox",
+                |c| async move { outbox::head(&c, name).await },
+            )
+            .await?;
+        match head {
             Some(stored) => {
                 endpoint.enter_outbox().await;
                 send(&endpoint, stored).await?;
@@ -50,7 +61,7 @@ async fn send(endpoint: &Endpoint, stored: Stored) -> anyhow::Result<()> {
                 "the endpoint answered 410 Gone and is disabled",
             )
             .await?;
-        return outbox::remove(&endpoint.db, stored.id).await.map_err(Into::into);
+        return remove(endpoint, stored.id).await;
     }
     if let Ok(wait) = stored.next_attempt_at.duration_since(SystemTime::now()) {
         tokio::time::sleep(wait).await;
@@ -69,14 +80,13 @@ async fn send(endpoint: &Endpoint, stored: Stored) -> anyhow::Result<()> {
         Verdict::Retry { retry_after } => match endpoint.next_delay(failures, retry_after) {
             Some(delay) => {
                 tracing::warn!(sink = %endpoint.name, batch = %batch.id, "attempt {failures} failed ({error}); next in {delay:?}");
-                outbox::reschedule(
-                    &endpoint.db,
-                    stored.id,
-                    failures as i32,
-                    SystemTime::now() + delay,
-                    &error,
-                )
-                .await?;
+                let (id, next, error) = (stored.id, SystemTime::now() + delay, error.as_str());
+                endpoint
+                    .db
+                    .retry("rescheduling a stored webhook batch", |c| async move {
+                        outbox::reschedule(&c, id, failures as i32, next, error).await
+                    })
+                    .await?;
                 return Ok(());
             }
             None => {
@@ -86,7 +96,17 @@ async fn send(endpoint: &Endpoint, stored: Stored) -> anyhow::Result<()> {
             }
         },
     }
-    outbox::remove(&endpoint.db, stored.id).await.map_err(Into::into)
+    remove(endpoint, stored.id).await
+}
+
+/// The stored batch is delivered or a dead letter: it leaves the outbox.
+async fn remove(endpoint: &Endpoint, id: i64) -> anyhow::Result<()> {
+    endpoint
+        .db
+        .retry("removing a delivered batch from the webhook outbox", |c| async move {
+            outbox::remove(&c, id).await
+        })
+        .await
 }
 
 /// Replays a webhook dead letter (`cdc dead-letters replay`): its batch goes back to the end of

@@ -7,7 +7,6 @@
 
 use std::sync::Arc;
 
-use anyhow::Context;
 use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -23,13 +22,20 @@ use super::recorder::Recorder;
 use crate::checkpoint::Ack;
 use crate::event::format_timestamp_us;
 use crate::sinks::SinkMsg;
-use crate::state::outbox;
+use crate::state::{self, Postgres};
 
 /// Batches waiting per lane; beyond this the stream waits.
 const LANE_QUEUE: usize = 4;
 
 /// Events per transaction that a delivered batch stood for.
 type Released = Vec<(TxnNo, u64)>;
+
+/// A lane handed off one of its batches (delivered, stored, or made a dead letter).
+struct HandedOff {
+    lane: usize,
+    number: u64,
+    covers: Released,
+}
 
 pub async fn run(
     name: String,
@@ -38,19 +44,19 @@ pub async fn run(
     mut rx: mpsc::Receiver<SinkMsg>,
     ack: Ack,
 ) -> anyhow::Result<()> {
-    let db = Arc::new(crate::source::connection::catalog(&state_url).await?);
-    let stored = outbox::len(&db, &name)
-        .await
-        .context("reading the webhook outbox (has `cdc setup` been run?)")?;
-    if stored > 0 {
-        tracing::info!(sink = %name, "{stored} batches wait in the outbox; they go first");
-    }
+    let db = Postgres::new(&state_url);
+    state::prepare(&db, &name).await?;
     let (recorder, recorder_task) = Recorder::spawn(db.clone(), name.clone());
-    let endpoint = Arc::new(Endpoint::new(name, config, db, recorder, stored > 0)?);
-    let sender = tokio::spawn(super::sender::run(endpoint.clone()));
+    let endpoint = Arc::new(Endpoint::new(name, config, db, recorder)?);
+    let stored = endpoint.outbox_len().await?;
+    if stored > 0 {
+        tracing::info!(sink = %endpoint.name, "{stored} batches wait in the outbox; they go first");
+        endpoint.enter_outbox().await;
+    }
+    let mut sender = tokio::spawn(super::sender::run(endpoint.clone()));
     let (released_tx, mut released_rx) = mpsc::unbounded_channel();
     let mut lanes: Vec<Lane> = (0..endpoint.config.lanes.get())
-        .map(|_| Lane::spawn(endpoint.clone(), released_tx.clone()))
+        .map(|lane| Lane::spawn(lane, endpoint.clone(), released_tx.clone()))
         .collect();
     drop(released_tx);
 
@@ -62,6 +68,7 @@ pub async fn run(
             .unwrap_or_else(|| Instant::now() + std::time::Duration::from_secs(3600));
         tokio::select! {
             biased;
+            stopped = &mut sender => return Err(sender_error(&endpoint.name, stopped)),
             Some(released) = released_rx.recv() => pipeline.release(released),
             n = rx.recv_many(&mut msgs, 1024) => {
                 if n == 0 {
@@ -102,16 +109,30 @@ pub async fn run(
     if let Some(end_lsn) = pipeline.ledger.acknowledgeable() {
         ack.delivered(end_lsn);
     }
-    sender.abort();
+    if sender.is_finished() {
+        lane_error.get_or_insert(sender_error(&endpoint.name, sender.await));
+    } else {
+        sender.abort();
+    }
     drop(endpoint);
     let _ = recorder_task.await;
     lane_error.map_or(Ok(()), Err)
 }
 
+/// The outbox sender only ends on an error no reconnect can fix: that error is the sink's.
+fn sender_error(name: &str, stopped: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Error {
+    match stopped {
+        Ok(Err(e)) => e.context(format!("webhook sink {name}: the outbox sender stopped")),
+        Ok(Ok(())) => anyhow::anyhow!("webhook sink {name}: the outbox sender stopped"),
+        Err(join) => anyhow::anyhow!("webhook sink {name}: the outbox sender panicked: {join}"),
+    }
+}
+
 /// Builds the request for a ready batch and queues it on its lane.
 async fn dispatch(endpoint: &Endpoint, lanes: &mut [Lane], ready: Ready) -> anyhow::Result<()> {
     let lane = &mut lanes[ready.lane];
-    if lane.tx.send(build(endpoint, ready.items)).await.is_ok() {
+    let (batch, covers) = build(endpoint, ready.items);
+    if lane.tx.send((batch, covers, ready.number)).await.is_ok() {
         return Ok(());
     }
     // A lane only stops on a state-database error: that error is the sink's.
@@ -149,17 +170,17 @@ fn build(endpoint: &Endpoint, items: Vec<Item>) -> (Batch, Released) {
 
 /// One ordered lane: one request in flight.
 struct Lane {
-    tx: mpsc::Sender<(Batch, Released)>,
+    tx: mpsc::Sender<(Batch, Released, u64)>,
     task: JoinHandle<anyhow::Result<()>>,
 }
 
 impl Lane {
-    fn spawn(endpoint: Arc<Endpoint>, released: mpsc::UnboundedSender<Released>) -> Lane {
-        let (tx, mut rx) = mpsc::channel::<(Batch, Released)>(LANE_QUEUE);
+    fn spawn(lane: usize, endpoint: Arc<Endpoint>, released: mpsc::UnboundedSender<HandedOff>) -> Lane {
+        let (tx, mut rx) = mpsc::channel::<(Batch, Released, u64)>(LANE_QUEUE);
         let task = tokio::spawn(async move {
-            while let Some((batch, covers)) = rx.recv().await {
+            while let Some((batch, covers, number)) = rx.recv().await {
                 if endpoint.hand_off(&batch).await? == HandOff::Done {
-                    let _ = released.send(covers);
+                    let _ = released.send(HandedOff { lane, number, covers });
                 }
             }
             Ok(())
@@ -228,9 +249,10 @@ impl Pipeline {
         [coalesce, self.batcher.deadline()].into_iter().flatten().min()
     }
 
-    fn release(&mut self, released: Released) {
-        for (txn, count) in released {
+    fn release(&mut self, done: HandedOff) {
+        for (txn, count) in done.covers {
             self.ledger.release(txn, count);
         }
+        self.batcher.handed_off(done.lane, done.number);
     }
 }
