@@ -95,10 +95,9 @@ async fn check_reports_missing_state_tables_until_setup_creates_them() {
     let (db, dir, path) = configured("check_state", &sinks, "", false).await;
     let before = support::cdc(&["--config", &path, "check"]);
     let text = stdout_of(&before);
-    assert_eq!(
-        before.status.code(),
-        Some(0),
-        "the role may create them, so a warning: {text}"
+    assert!(
+        !text.contains("problem: cdc's state"),
+        "the role may create them, so only a warning: {text}"
     );
     assert!(
         lines_starting(&text, "warning: ")

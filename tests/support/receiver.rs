@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -65,6 +66,9 @@ impl Request {
 struct Shared {
     answer: Mutex<Answer>,
     requests: Mutex<Vec<Request>>,
+    /// Requests read but not yet answered, and the most there ever were at once.
+    in_flight: AtomicUsize,
+    max_in_flight: AtomicUsize,
 }
 
 pub struct Receiver {
@@ -84,6 +88,8 @@ impl Receiver {
         let shared = Arc::new(Shared {
             answer: Mutex::new(Answer::Ok),
             requests: Mutex::new(Vec::new()),
+            in_flight: AtomicUsize::new(0),
+            max_in_flight: AtomicUsize::new(0),
         });
         let (control, commands) = tokio::sync::mpsc::unbounded_channel();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -128,6 +134,16 @@ impl Receiver {
     /// Every request received so far, in arrival order (whatever was answered).
     pub fn requests(&self) -> Vec<Request> {
         self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// The most requests that were ever being answered at the same time.
+    pub fn max_in_flight(&self) -> usize {
+        self.shared.max_in_flight.load(Ordering::SeqCst)
+    }
+
+    /// Forgets the concurrency seen so far (`max_in_flight` starts again from the next request).
+    pub fn reset_max_in_flight(&self) {
+        self.shared.max_in_flight.store(0, Ordering::SeqCst);
     }
 
     /// The requests answered with a 2xx.
@@ -238,6 +254,8 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let mut read = BufReader::new(read);
     while let Some((headers, body)) = read_request(&mut read).await {
         let received = Instant::now();
+        let now_in_flight = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        shared.max_in_flight.fetch_max(now_in_flight, Ordering::SeqCst);
         let answer = shared.answer.lock().unwrap().clone();
         let (status, retry_after) = match answer {
             Answer::Ok => (200, None),
@@ -267,7 +285,9 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
         }
         response.push_str("\r\n");
         response.push_str(body);
-        if write.write_all(response.as_bytes()).await.is_err() {
+        let written = write.write_all(response.as_bytes()).await;
+        shared.in_flight.fetch_sub(1, Ordering::SeqCst);
+        if written.is_err() {
             return;
         }
     }
