@@ -167,7 +167,13 @@ async fn an_unreachable_server_is_named_once_per_retry_and_cdc_keeps_trying() {
         &format!("[source]\nurl = \"postgres://cdc@127.0.0.1:{port}/app\"\n\n[sinks.out]\ntype = \"stdout\"\n\n[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\n"),
     );
     let mut cdc = CdcProcess::start(&["--config", config.to_str().unwrap(), "run"], &[]);
-    std::thread::sleep(Duration::from_secs(4));
+    // Two attempts (1 s apart, then 2 s): wait for the second one's line, not for a fixed time.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while cdc.stderr_text().lines().filter(|l| l.contains("retrying in")).count() < 2
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let stderr = cdc.stderr_text();
     assert!(
         stderr.contains(&format!("127.0.0.1:{port}")),
