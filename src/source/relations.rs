@@ -99,9 +99,11 @@ impl RelationCache {
 
     /// The columns of `table` as the stream sees them (attnum order; dropped and system columns
     /// left out), with their value kinds. Paths that read rows with SQL instead of from the
-    /// stream (TOAST read-back, dead-letter replay, rebuild) select each column as `::text` in a
-    /// session with [`SESSION_OPTIONS`](crate::source::connection::SESSION_OPTIONS) and convert it
-    /// with [`row_from_text`], so a row gives the same values, byte for byte, on every path.
+    /// stream (TOAST read-back, dead-letter replay, rebuild) select each column in its type's
+    /// output form, `format('%s', col)` (not `col::text`: that cast prints bool as `true`, trims
+    /// char(n) and adds inet's netmask), in a session with
+    /// [`SESSION_OPTIONS`](crate::source::connection::SESSION_OPTIONS), and convert it with
+    /// [`row_from_text`], so a row gives the same values, byte for byte, on every path.
     pub async fn table_columns(&mut self, catalog: &Client, table: &TableName) -> anyhow::Result<Vec<Column>> {
         let rows = catalog
             .query(
@@ -223,8 +225,9 @@ pub fn to_row(relation: &Relation, tuple: &pgoutput::TupleData<'_>) -> Row {
         .collect())
 }
 
-/// A row read with SQL, each column selected as `::text` in a session with the pinned settings
-/// (`None` for NULL), converted exactly as the stream converts the same row.
+/// A row read with SQL, each column selected in its output form (`format('%s', col)`) in a
+/// session with the pinned settings (`None` for NULL), converted exactly as the stream converts
+/// the same row.
 pub fn row_from_text<'a>(columns: &[Column], texts: impl IntoIterator<Item = Option<&'a str>>) -> Row {
     Row(columns
         .iter()
