@@ -6,7 +6,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::{SourceConfig, TableMapping};
-use crate::source::errors::Unrecoverable;
+use crate::retry::Unrecoverable;
 use crate::source::identity::Identity;
 
 /// Session settings for every connection whose text output cdc parses: value conversion relies

@@ -1,21 +1,17 @@
 //! Which errors a reconnect can heal and which end `cdc run`, decided by SQLSTATE (never by
-//! the message text, which `lc_messages` translates) and by cdc's own [`Unrecoverable`].
+//! the message text, which `lc_messages` translates) and by cdc's own [`Unrecoverable`](crate::retry::Unrecoverable).
 
 use pgwire_replication::PgWireError;
 
-/// An error no retry can fix (no publication, `wal_level` not logical, a key Postgres cannot
-/// send): `cdc run` ends with its message, which says what to do.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Unrecoverable(pub String);
+use crate::retry::is_unrecoverable;
 
 /// Whether retrying cannot help: cdc's own verdict, else the server's SQLSTATE. Errors without
 /// one (refused connections, resets, timeouts) are worth retrying.
 pub fn is_fatal(e: &anyhow::Error) -> bool {
-    if e.chain().any(|c| c.is::<Unrecoverable>()) {
+    if is_unrecoverable(e) {
         return true;
     }
-    sqlstate(e).is_some_and(|code| fatal_sqlstate(&code))
+    sqlstate(e).is_some_and(|code| !heals(&code))
 }
 
 /// The SQLSTATE of the first server error in the chain, from tokio-postgres or the replication
@@ -35,16 +31,16 @@ pub fn sqlstate(e: &anyhow::Error) -> Option<String> {
     })
 }
 
-/// Classes that heal by themselves are retried: connection exceptions (08), serialization and
+/// Whether an error with this SQLSTATE may heal by itself, so is worth retrying: connection exceptions (08), serialization and
 /// deadlock (40), insufficient resources such as too many connections (53), operator
 /// intervention such as a shutdown or a server still starting (57), system errors (58) and
 /// internal errors (XX), and 55006 "object in use": the slot is held by another reader, which
 /// may stop (a standby waits for it). Everything else — authentication (28P01, 28000), a
 /// missing database (3D000) or object (42704), a missing privilege (42501), `wal_level` below
 /// logical or an invalidated slot (55000) — needs a person.
-fn fatal_sqlstate(code: &str) -> bool {
+pub fn heals(code: &str) -> bool {
     let class = code.get(..2).unwrap_or("");
-    !(matches!(class, "08" | "40" | "53" | "57" | "58" | "XX") || code == "55006")
+    matches!(class, "08" | "40" | "53" | "57" | "58" | "XX") || code == "55006"
 }
 
 #[cfg(test)]
@@ -58,14 +54,14 @@ mod tests {
     #[test]
     fn setup_errors_end_the_run() {
         for code in ["28P01", "28000", "42501", "42704", "3D000", "55000", "42P01"] {
-            assert!(fatal_sqlstate(code), "{code}");
+            assert!(!heals(code), "{code}");
         }
     }
 
     #[test]
     fn errors_that_heal_are_retried() {
         for code in ["08006", "57P01", "57P03", "53300", "55006", "40001", "XX000", "58030"] {
-            assert!(!fatal_sqlstate(code), "{code}");
+            assert!(heals(code), "{code}");
         }
     }
 
@@ -84,6 +80,7 @@ mod tests {
 
     #[test]
     fn cdcs_own_verdict_is_fatal_anywhere_in_the_chain() {
+        use crate::retry::Unrecoverable;
         let e = anyhow::Error::new(Unrecoverable("wal_level is replica".into())).context("preflight");
         assert!(is_fatal(&e));
         assert!(!is_fatal(&anyhow::anyhow!("something else")));

@@ -15,6 +15,7 @@ use tokio_postgres::Client;
 use crate::checkpoint::Checkpoint;
 use crate::config::SourceConfig;
 use crate::event::{Lsn, Position, TruncateFlags};
+use crate::retry::Backoff;
 use crate::router::Router;
 use crate::sinks::Running;
 use crate::source::changes;
@@ -65,7 +66,7 @@ pub async fn run(
     stop_at: Option<Lsn>,
 ) -> anyhow::Result<Stop> {
     let target = Target::parse(&source.url)?;
-    let mut backoff = Backoff::new();
+    let mut backoff = Backoff::new(Duration::from_secs(1));
     loop {
         if *shutdown.borrow() {
             // Between sessions: what was delivered after the last status update is unconfirmed.
@@ -79,7 +80,7 @@ pub async fn run(
             Ok(stop) => return Ok(stop),
             Err(SessionError::Fatal(e)) => return Err(e),
             Err(SessionError::Retry(e)) => {
-                let wait = backoff.next();
+                let wait = backoff.next_wait();
                 tracing::error!("{}: {:#}; retrying in {}s", target.describe(), e, wait.as_secs());
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -364,21 +365,4 @@ fn replication_config(source: &SourceConfig, target: &Target) -> ReplicationConf
     .with_application_name("cdc")
     // Value conversion reads these formats; pin them so server defaults never matter.
     .with_options(connection::SESSION_OPTIONS)
-}
-
-/// Capped exponential backoff: 1 s, 2 s, 4 s … 30 s.
-struct Backoff(u32);
-
-impl Backoff {
-    fn new() -> Self {
-        Backoff(0)
-    }
-    fn reset(&mut self) {
-        self.0 = 0;
-    }
-    fn next(&mut self) -> Duration {
-        let secs = (1u64 << self.0.min(5)).min(30);
-        self.0 += 1;
-        Duration::from_secs(secs)
-    }
 }

@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::Mutex;
-use tokio_postgres::error::SqlState;
 use tokio_postgres::Client;
 
 use crate::source::connection;
@@ -63,7 +62,7 @@ impl Postgres {
                 },
                 Err(e) => e,
             };
-            let wait = backoff(failures);
+            let wait = crate::retry::backoff(Duration::from_secs(1), failures);
             if failures == 0 {
                 tracing::warn!(
                     "{what}: {error:#}; retrying in {}s until Postgres is back",
@@ -79,34 +78,7 @@ impl Postgres {
 }
 
 /// Whether a reconnect may fix the error: no SQLSTATE (the connection broke or never opened),
-/// or one that says the server is going away, starting, or short of resources.
+/// or one the source would retry too (`source::errors::heals`).
 fn is_transient(e: &tokio_postgres::Error) -> bool {
-    let Some(code) = e.code() else {
-        return true;
-    };
-    let transient = [
-        SqlState::ADMIN_SHUTDOWN,
-        SqlState::CRASH_SHUTDOWN,
-        SqlState::CANNOT_CONNECT_NOW,
-        SqlState::T_R_SERIALIZATION_FAILURE,
-        SqlState::T_R_DEADLOCK_DETECTED,
-    ];
-    // Class 08: connection exceptions; class 53: insufficient resources (too many connections).
-    transient.contains(code) || code.code().starts_with("08") || code.code().starts_with("53")
-}
-
-/// 1 s doubling to 30 s: the source's reconnect schedule.
-fn backoff(failures: u32) -> Duration {
-    Duration::from_secs((1u64 << failures.min(5)).min(30))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_from_one_second_to_thirty() {
-        let waits: Vec<u64> = (0..8).map(|n| backoff(n).as_secs()).collect();
-        assert_eq!(waits, [1, 2, 4, 8, 16, 30, 30, 30]);
-    }
+    e.code().is_none_or(|code| crate::source::errors::heals(code.code()))
 }

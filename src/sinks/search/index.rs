@@ -14,12 +14,7 @@ use serde_json::{json, Value as Json};
 
 use super::retry;
 use super::service::Service;
-
-/// An error no retry can fix (a settings file that cannot be read, settings or mappings the
-/// node refuses): the run ends with it instead of retrying forever.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Unfixable(pub String);
+use crate::retry::Unrecoverable;
 
 /// What a name points at on the node.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,7 +120,7 @@ async fn create_physical(
     with_alias: bool,
 ) -> anyhow::Result<String> {
     let physical = format!("{alias}_{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
-    let mut body = read_settings(settings).map_err(|e| Unfixable(format!("{e:#}")))?;
+    let mut body = read_settings(settings).map_err(|e| Unrecoverable(format!("{e:#}")))?;
     if with_alias {
         body["aliases"] = json!({ alias: {} });
     }
@@ -140,7 +135,7 @@ async fn create_physical(
         // The node judged the request itself (settings, mappings, name): sending it again
         // cannot change the answer.
         let reason = retry::classify(reply.status, &reply.body, 0).map_or_else(|f| f.reason, |_| reply.text());
-        return Err(Unfixable(format!(
+        return Err(Unrecoverable(format!(
             "the node refused to create index {physical} for alias {alias} with {}: {reason}",
             settings.map_or_else(|| "default settings".to_string(), |p| p.display().to_string())
         ))

@@ -28,7 +28,6 @@ use tokio::time::Instant;
 
 use super::config::SearchConfig;
 use super::encoder::{self, Action, DocKey, Write};
-use super::index::Unfixable;
 use super::request_builder::{self, Batch};
 use super::retry::{self, Outcome};
 use super::service::Service;
@@ -368,7 +367,7 @@ async fn send(shared: &Shared, mut actions: Vec<Action>) -> Option<[Vec<Action>;
                 }
             }
         }
-        tokio::time::sleep(backoff(attempt)).await;
+        tokio::time::sleep(crate::retry::backoff(FIRST_RETRY, attempt)).await;
         attempt = attempt.saturating_add(1);
     }
     None
@@ -438,12 +437,12 @@ where
             }
             Err(e) => health.failing(what, &format!("{what}: {e:#}")),
         }
-        tokio::time::sleep(backoff(attempt)).await;
+        tokio::time::sleep(crate::retry::backoff(FIRST_RETRY, attempt)).await;
         attempt = attempt.saturating_add(1);
     }
 }
 
-/// [`retry_forever`], except that an [`Unfixable`] error is returned at once.
+/// [`retry_forever`], except that an [`Unrecoverable`](crate::retry::Unrecoverable) error is returned at once.
 async fn retry_unless_unfixable<T, F, Fut>(health: &Health, what: &str, mut op: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
@@ -456,21 +455,16 @@ where
                 health.healthy();
                 return Ok(value);
             }
-            Err(e) if e.chain().any(|cause| cause.is::<Unfixable>()) => return Err(e.context(what.to_string())),
+            Err(e) if crate::retry::is_unrecoverable(&e) => return Err(e.context(what.to_string())),
             Err(e) => health.failing(what, &format!("{what}: {e:#}")),
         }
-        tokio::time::sleep(backoff(attempt)).await;
+        tokio::time::sleep(crate::retry::backoff(FIRST_RETRY, attempt)).await;
         attempt = attempt.saturating_add(1);
     }
 }
 
-/// 200 ms doubling to 30 s, with some jitter so concurrent requests do not retry in step.
-fn backoff(attempt: u32) -> Duration {
-    let base = Duration::from_millis(200)
-        .saturating_mul(1u32 << attempt.min(8))
-        .min(Duration::from_secs(30));
-    base + base.mul_f64(rand::random::<f64>() * 0.2)
-}
+/// The first retry of a request waits this long, then the wait doubles (`crate::retry`).
+const FIRST_RETRY: Duration = Duration::from_millis(200);
 
 /// Whether the sink is failing, and how: each change of state is logged once, not every retry.
 pub struct Health {
@@ -502,18 +496,5 @@ impl Health {
         if let Some((_, reason, retries)) = self.failing.lock().expect("health lock").take() {
             tracing::info!(sink = %self.sink, retries, "recovered from: {reason}");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert!(backoff(0) >= Duration::from_millis(200) && backoff(0) < Duration::from_millis(250));
-        assert!(backoff(3) >= Duration::from_millis(1600));
-        assert!(backoff(40) <= Duration::from_secs(36));
-        assert!(backoff(40) >= Duration::from_secs(30));
     }
 }
