@@ -196,11 +196,19 @@ fn load_with_env(text: &str, path: &Path, env: &dyn Fn(&str) -> Option<String>) 
 }
 
 /// Parses a duration: a number and a unit (`ms`, `s`, `m`, `h`, `d`), possibly several, as in
-/// `"1m30s"`. The message says what is wrong, to be placed after the key.
+/// `"1m30s"`, or `"0"`. The message says what is wrong, to be placed after the key. The one
+/// duration parser of the program, by hand rather than `humantime` because its messages say
+/// how to fix the value (`"5" has no unit; write "5s" ...`) and it takes exactly the forms the
+/// README documents.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let expected = || format!("expected a duration like \"500ms\", \"10s\", \"2m\" or \"1h\", got {text:?}");
     if text.is_empty() {
         return Err(expected());
+    }
+    // Zero needs no unit (`batch_max_wait = "0"`: send at once); settings that must be
+    // positive say so themselves.
+    if text == "0" {
+        return Ok(Duration::ZERO);
     }
     let mut total = Duration::ZERO;
     let mut rest = text;

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer};
 
-use crate::config::{Problem, SinkSettings};
+use crate::config::{parse_duration, Problem, SinkSettings};
 use crate::event::Op;
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -117,14 +117,6 @@ impl RateLimit {
         }
         Ok(RateLimit { requests, per })
     }
-}
-
-/// A duration as the rest of the file writes them (`"500ms"`, `"30s"`, `"1m30s"`), or `"0"`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    crate::config::parse_duration(s)
 }
 
 fn default_batch_max_events() -> NonZeroUsize {
