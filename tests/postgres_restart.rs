@@ -2,6 +2,10 @@
 //! binary, since it restarts (or stops) the cluster every test shares; each test holds
 //! `serial()`.
 
+// Each test holds `serial()` for its whole run, awaits included: every test has a runtime of its
+// own, so a test waiting for the lock blocks only its own thread.
+#![allow(clippy::await_holding_lock)]
+
 mod support;
 
 use std::collections::BTreeSet;
