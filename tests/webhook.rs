@@ -630,3 +630,170 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Item 8: with four lanes, a key-changing update goes behind the row's earlier events and the
+/// row's later events (under the new key, which hashes to another lane) wait for it. Each row
+/// carries a stable `row` column and a counter `n` raised by every change: at the receiver, in
+/// arrival order, every row's counter must climb by one.
+#[tokio::test(flavor = "multi_thread")]
+async fn four_lanes_keep_each_rows_order_across_key_changes() {
+    let receiver = Receiver::start();
+    receiver.answer(Answer::Slow(Duration::from_millis(5)));
+    let r = start(
+        "wh_keychange",
+        "CREATE TABLE kc (id int PRIMARY KEY, row int NOT NULL, n int NOT NULL);",
+        &hook(
+            "hook",
+            &receiver,
+            "lanes = 4\nbatch_max_events = 5\nbatch_max_wait = \"50ms\"",
+        ),
+        &table("kc", &["hook"]),
+        &[],
+    )
+    .await;
+    const ROWS: i64 = 200;
+    const ROUNDS: i64 = 3;
+    r.db.exec(&format!(
+        "INSERT INTO kc SELECT g, g, 0 FROM generate_series(1, {ROWS}) g"
+    ))
+    .await;
+    // Per row: a key change, then at once a plain update under the new key; rows interleaved.
+    let mut sql = String::from("BEGIN;");
+    for _ in 0..ROUNDS {
+        for row in 1..=ROWS {
+            sql.push_str(&format!(
+                "UPDATE kc SET id = id + 1000, n = n + 1 WHERE row = {row};UPDATE kc SET n = n + 1 WHERE row = {row};"
+            ));
+        }
+    }
+    sql.push_str("COMMIT;");
+    r.db.exec(&sql).await;
+
+    let total = (ROWS * (1 + 2 * ROUNDS)) as usize;
+    receiver.wait_for_events(total, WAIT);
+    let mut requests = receiver.delivered();
+    requests.sort_by_key(|q| q.received);
+    let mut per_row: BTreeMap<i64, Vec<i64>> = BTreeMap::new();
+    for e in requests.iter().flat_map(|q| q.events()) {
+        per_row
+            .entry(e["new"]["row"].as_i64().unwrap())
+            .or_default()
+            .push(e["new"]["n"].as_i64().unwrap());
+    }
+    let expected: Vec<i64> = (0..=2 * ROUNDS).collect();
+    let out_of_order: Vec<(&i64, &Vec<i64>)> = per_row.iter().filter(|(_, ns)| **ns != expected).collect();
+    assert_eq!(per_row.len(), ROWS as usize);
+    assert!(
+        out_of_order.is_empty(),
+        "{} rows arrived out of order, e.g. {:?}",
+        out_of_order.len(),
+        out_of_order.first()
+    );
+    // The key changes really moved rows across lanes: the old key is in `key`, the new in `new`.
+    let moved = requests
+        .iter()
+        .flat_map(|q| q.events())
+        .filter(|e| e["key"]["id"] != e["new"]["id"])
+        .count();
+    assert_eq!(moved, (ROWS * ROUNDS) as usize);
+    r.done().await;
+}
+
+/// Item 7: publication and slot made by hand, no `cdc setup`: `cdc run` creates cdc's state
+/// schema at start and says so, then delivers. Later, a sink error no reconnect can fix (its
+/// outbox table dropped while the endpoint is down) ends the run with a non-zero exit and the
+/// sink's own error as the last line.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_without_setup_creates_the_state_schema_and_a_failing_sink_ends_the_run_with_its_error() {
+    let receiver = Receiver::start();
+    let db = new_database("wh_nosetup").await;
+    db.exec(&format!(
+        "{ITEMS} CREATE PUBLICATION \"{n}\" FOR TABLE items;",
+        n = db.name
+    ))
+    .await;
+    db.exec(&format!(
+        "SELECT pg_create_logical_replication_slot('{n}', 'pgoutput')",
+        n = db.name
+    ))
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[source]\nurl = \"{url}\"\nslot = \"{n}\"\npublication = \"{n}\"\n\n{sinks}\n{tables}\n",
+            url = db.url,
+            n = db.name,
+            sinks = hook("hook", &receiver, "batch_max_wait = \"0\"\nretry = [\"1h\"]"),
+            tables = table("items", &["hook"]),
+        ),
+    );
+    let mut cdc = CdcProcess::start(&["--config", config.to_str().unwrap(), "run"], &[]);
+    db.exec("INSERT INTO items VALUES (1, 'first')").await;
+    assert_eq!(ids(&receiver.wait_for_events(1, WAIT)), [1]);
+    assert!(
+        cdc.stderr_text().contains("created cdc's state tables"),
+        "{}",
+        cdc.stderr_text()
+    );
+    assert_eq!(db.query_one_i64("SELECT count(*) FROM cdc.webhook_outbox").await, 0);
+
+    receiver.down();
+    db.exec("DROP TABLE cdc.webhook_outbox").await;
+    db.exec("INSERT INTO items VALUES (2, 'cannot be stored')").await;
+    let status = cdc.wait_exit(WAIT);
+    let stderr = cdc.stderr_text();
+    assert!(!status.success(), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("error: ") && last.contains("\"cdc.webhook_outbox\" does not exist"),
+        "the last line is the sink's own error: {last}\n{stderr}"
+    );
+    db.drop_slots().await;
+}
+
+/// Item 10: `cdc run --stop-at` exits 0 once everything up to the position is delivered and
+/// confirmed; when a sink cannot deliver within the shutdown's drain (an endpoint that takes a
+/// minute to answer), it exits non-zero and says so.
+#[tokio::test(flavor = "multi_thread")]
+async fn stop_at_exits_0_only_when_every_event_was_delivered() {
+    let receiver = Receiver::start();
+    let db = new_database("wh_stopat").await;
+    db.exec(ITEMS).await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "[source]\nurl = \"{url}\"\nslot = \"{n}\"\npublication = \"{n}\"\n\n{sinks}\n{tables}\n",
+            url = db.url,
+            n = db.name,
+            sinks = hook("hook", &receiver, "batch_max_wait = \"0\"\ntimeout = \"120s\""),
+            tables = table("items", &["hook"]),
+        ),
+    );
+    let config = config.to_str().unwrap();
+    assert!(support::cdc(&["--config", config, "setup"]).status.success());
+
+    db.exec("INSERT INTO items SELECT g, 't' FROM generate_series(1, 100) g")
+        .await;
+    let end = db
+        .query_opt_text("SELECT pg_current_wal_insert_lsn()::text")
+        .await
+        .unwrap();
+    let out = support::cdc(&["--config", config, "run", "--stop-at", &end]);
+    assert!(out.status.success(), "{}", support::stderr_of(&out));
+    assert_eq!(receiver.delivered_events().len(), 100);
+
+    receiver.answer(Answer::Slow(Duration::from_secs(60)));
+    db.exec("INSERT INTO items VALUES (101, 'slow')").await;
+    let end = db
+        .query_opt_text("SELECT pg_current_wal_insert_lsn()::text")
+        .await
+        .unwrap();
+    let out = support::cdc(&["--config", config, "run", "--stop-at", &end]);
+    let stderr = support::stderr_of(&out);
+    assert!(!out.status.success(), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.contains("did not deliver what it held"), "{stderr}");
+    db.drop_slots().await;
+}

@@ -75,3 +75,29 @@ async fn wait_for_signal() {
         _ = term.recv() => {}
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_run_succeeds_only_after_a_clean_stop() {
+        assert!(outcome(Ok(stream::Stop::Shutdown), Ok(())).is_ok());
+        assert!(outcome(Ok(stream::Stop::Reached(Lsn(7))), Ok(())).is_ok());
+        let unconfirmed = outcome(Ok(stream::Stop::Unconfirmed), Ok(())).unwrap_err();
+        assert!(unconfirmed.to_string().contains("not confirmed"), "{unconfirmed}");
+    }
+
+    #[test]
+    fn a_failed_sinks_own_error_wins_over_what_the_stream_saw() {
+        let stream_saw = Err(anyhow::anyhow!("sink hook stopped"));
+        let e = outcome(
+            stream_saw,
+            Err(anyhow::anyhow!("relation cdc.webhook_outbox does not exist")),
+        )
+        .unwrap_err();
+        assert_eq!(e.to_string(), "relation cdc.webhook_outbox does not exist");
+        let e = outcome(Err(anyhow::anyhow!("publication dropped")), Ok(())).unwrap_err();
+        assert_eq!(e.to_string(), "publication dropped");
+    }
+}

@@ -8,7 +8,9 @@
 //! - `ack.delivered(end_lsn)` only once every event up to that `Commit` is delivered (or
 //!   durably handed off: dead letters, outbox). Never ahead.
 //! - When the channel closes (shutdown), deliver what is held, ack, and return Ok.
-//! - Errors that can heal (network, 5xx) are retried inside the sink, forever, holding the ack.
+//! - Errors that can heal (network, 5xx, a Postgres restart: see `state::Postgres::retry`) are
+//!   retried inside the sink, forever, holding the ack. Returning an error stops the whole run
+//!   (`Running::failed`), with that error as the run's.
 
 pub mod search;
 pub mod stdout;

@@ -160,6 +160,27 @@ pub fn restart_postgres() {
     }
 }
 
+/// Stop the shared cluster (`scripts/postgres.sh stop DIR`, fast shutdown): every connection is
+/// cut and new ones are refused until [`restart_postgres`] starts it again. Hold [`serial`].
+pub fn stop_postgres() {
+    let pg = pg();
+    let out = Command::new("bash")
+        .arg(repo_root().join("scripts/postgres.sh"))
+        .arg("stop")
+        .arg(&pg.dir)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running scripts/postgres.sh stop");
+    assert!(
+        out.status.success(),
+        "scripts/postgres.sh stop {} failed ({}):\n{}{}",
+        pg.dir.display(),
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // ------------------------------------------------------------------------------------------------
 // Databases
 // ------------------------------------------------------------------------------------------------

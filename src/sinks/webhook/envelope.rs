@@ -3,9 +3,10 @@
 //! The body is an envelope around the events:
 //! `{"type":"cdc.batch","version":1,"id":"msg_…","sink":"…","created_at":"…","events":[…]}`.
 //! It is built by concatenating each event's cached JSON (`Event::to_json`), so an event is
-//! serialized once however many endpoints receive it. The batch id is derived from the sink
-//! and the ids of the batch's first and last events: a retry, or a replay of the same changes
-//! after a crash, carries the same id, which receivers can use as an idempotency key.
+//! serialized once however many endpoints receive it. The batch id is derived from the sink,
+//! the ids of the batch's first and last events and its size: every retry of a stored batch
+//! carries it, but a replay after a crash may cut batches differently (cuts depend on timing and
+//! coalescing), so receivers dedupe by event id, which is always stable.
 
 use std::sync::Arc;
 
