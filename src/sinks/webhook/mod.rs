@@ -2,7 +2,7 @@
 //! endpoint, where a dead endpoint never blocks the others or the slot (its batches wait in a
 //! durable outbox in Postgres) unless it is configured to (`on_exhausted = "block"`).
 //!
-//! Rooms: `config` (what the user writes), `signing`, `envelope` (event and batch → bytes),
+//! Rooms: `config` (what the user writes), `signing`, `encoder` (event and batch → bytes, the envelope),
 //! `coalesce` and `batcher` (events → batches), `ledger` (which transactions may be
 //! acknowledged), `service` (one HTTP attempt, rate limited), `retry` (response → what next),
 //! `delivery` (direct path, outbox switch, block mode, 410), `sender` (drains the outbox),
@@ -14,7 +14,7 @@ mod batcher;
 mod coalesce;
 pub mod config;
 mod delivery;
-pub mod envelope;
+pub mod encoder;
 pub mod health;
 mod ledger;
 pub mod outbox;

@@ -16,7 +16,7 @@ use super::batcher::{Batcher, Item, Ready};
 use super::coalesce::Coalescer;
 use super::config::WebhookConfig;
 use super::delivery::{Batch, Endpoint, HandOff};
-use super::envelope;
+use super::encoder;
 use super::ledger::{Ledger, TxnNo};
 use super::recorder::Recorder;
 use crate::checkpoint::Ack;
@@ -144,13 +144,13 @@ async fn dispatch(endpoint: &Endpoint, lanes: &mut [Lane], ready: Ready) -> anyh
 fn build(endpoint: &Endpoint, items: Vec<Item>) -> (Batch, Released) {
     let events: Vec<Bytes> = items
         .iter()
-        .map(|i| envelope::event_bytes(&i.event, endpoint.config.payload))
+        .map(|i| encoder::event_bytes(&i.event, endpoint.config.payload))
         .collect();
     let first = items.first().map(|i| i.event.id()).unwrap_or_default();
     let last = items.last().map(|i| i.event.id()).unwrap_or_default();
-    let id = envelope::batch_id(&endpoint.name, &first, &last, items.len());
+    let id = encoder::batch_id(&endpoint.name, &first, &last, items.len());
     let created_at = format_timestamp_us(chrono::Utc::now().timestamp_micros());
-    let body = envelope::body("cdc.batch", &id, &endpoint.name, &created_at, &events);
+    let body = encoder::body("cdc.batch", &id, &endpoint.name, &created_at, &events);
     let mut released: Released = Vec::new();
     for txn in items.iter().flat_map(Item::txns) {
         match released.iter_mut().find(|(t, _)| *t == txn) {

@@ -5,21 +5,21 @@
 use bytes::Bytes;
 
 use super::config::WebhookConfig;
-use super::envelope;
+use super::encoder;
 use super::service::{Response, Service};
 use crate::event::format_timestamp_us;
 
 /// The test request's batch id and body.
 pub fn request(sink: &str, now_us: i64) -> (String, Bytes) {
     let event_id = format!("test:{now_us}");
-    let id = envelope::batch_id(sink, &event_id, &event_id, 1);
+    let id = encoder::batch_id(sink, &event_id, &event_id, 1);
     let now = format_timestamp_us(now_us);
     let event = serde_json::json!({
         "id": event_id, "op": "test", "schema": null, "table": null, "key": null, "old": null, "new": null,
         "changed": null, "lsn": null, "commit_lsn": null, "xid": null, "committed_at": now,
     });
     let event = Bytes::from(serde_json::to_vec(&event).expect("a JSON value always serializes"));
-    let body = envelope::body("cdc.batch", &id, sink, &now, &[event]);
+    let body = encoder::body("cdc.batch", &id, sink, &now, &[event]);
     (id, body)
 }
 
