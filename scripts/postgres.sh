@@ -10,7 +10,8 @@
 #   scripts/postgres.sh install               # apt-get install postgresql when pg_ctl is missing
 #
 # The cluster is tuned for tests, never for data you care about: fsync=off, wal_level=logical
-# (CDC_PG_WAL_LEVEL=replica for a test of what cdc says on a cluster without logical decoding),
+# (CDC_PG_WAL_LEVEL=replica for a test of what cdc says on a cluster without logical decoding;
+# CDC_PG_SSL_CERT and CDC_PG_SSL_KEY, PEM files, turn TLS on),
 # many slots and connections, trust auth on 127.0.0.1 and the unix socket (in DIR), plus a role
 # `cdc` (LOGIN REPLICATION, password 'cdc') that must use scram-sha-256 over TCP, so tests can
 # exercise password authentication.
@@ -149,6 +150,15 @@ log_min_messages = warning
 log_line_prefix = '%m [%p] %q%u@%d '
 logging_collector = off
 EOF
+    # TLS for a test of cdc's sslmode (CDC_PG_SSL_CERT / CDC_PG_SSL_KEY: PEM files made by the test).
+    if [[ -n "${CDC_PG_SSL_CERT:-}" ]]; then
+        cp "$CDC_PG_SSL_CERT" "$DATA/server.crt"
+        cp "${CDC_PG_SSL_KEY:?CDC_PG_SSL_KEY goes with CDC_PG_SSL_CERT}" "$DATA/server.key"
+        chmod 0600 "$DATA/server.key"
+        local owner; owner="$(stat -c %U "$DATA")"
+        chown "$owner:" "$DATA/server.crt" "$DATA/server.key"
+        printf "ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n" >>"$DATA/postgresql.conf"
+    fi
     # First matching line wins: role cdc must authenticate with a password over TCP.
     cat >"$DATA/pg_hba.conf" <<EOF
 # TYPE  DATABASE     USER  ADDRESS        METHOD

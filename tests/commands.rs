@@ -299,49 +299,9 @@ async fn check_warns_about_a_document_id_outside_the_replica_identity() {
     );
 }
 
-/// A second throwaway cluster with `wal_level = replica`, stopped when dropped.
-struct ReplicaCluster {
-    dir: support::TempDir,
-    url: String,
-}
-
-impl ReplicaCluster {
-    fn start() -> ReplicaCluster {
-        let dir = support::temp_dir();
-        let script = support::repo_root().join("scripts/postgres.sh");
-        let out = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("start")
-            .arg(dir.path().join("pg"))
-            .env("CDC_PG_WAL_LEVEL", "replica")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", stderr_of(&out));
-        let exports = stdout_of(&out);
-        let url = exports
-            .lines()
-            .find_map(|l| l.strip_prefix("export CDC_TEST_PG_URL='"))
-            .and_then(|l| l.strip_suffix('\''))
-            .expect("postgres.sh prints the URL")
-            .to_string();
-        ReplicaCluster { dir, url }
-    }
-}
-
-impl Drop for ReplicaCluster {
-    fn drop(&mut self) {
-        let script = support::repo_root().join("scripts/postgres.sh");
-        let _ = std::process::Command::new("bash")
-            .arg(&script)
-            .arg("stop")
-            .arg(self.dir.path().join("pg"))
-            .output();
-    }
-}
-
 #[tokio::test]
 async fn run_on_a_cluster_without_logical_decoding_ends_with_the_fix() {
-    let cluster = ReplicaCluster::start();
+    let cluster = support::ExtraCluster::start(&[("CDC_PG_WAL_LEVEL", "replica")]);
     let client = support::connect(&cluster.url).await;
     client
         .batch_execute("CREATE TABLE items (id int PRIMARY KEY); CREATE PUBLICATION cdc FOR TABLE items;")

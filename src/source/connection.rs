@@ -1,13 +1,17 @@
 //! Connections to Postgres: the URL → host/port/user, the catalog (regular) connection, and the
 //! checks that must pass before streaming (slot and publication exist).
 
+use std::time::Duration;
+
 use anyhow::Context;
+use pgwire_replication::ReplicationConfig;
 use tokio_postgres::config::Host;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::{SourceConfig, TableMapping};
 use crate::retry::Unrecoverable;
 use crate::source::identity::Identity;
+use crate::source::tls::{self, Tls};
 
 /// Session settings for every connection whose text output cdc parses: value conversion relies
 /// on these formats, so server or role defaults never change what events contain.
@@ -22,10 +26,15 @@ pub struct Target {
     pub user: String,
     pub password: String,
     pub dbname: String,
+    /// `sslmode` and the certificates, for both connections (see `tls`).
+    pub tls: Tls,
+    /// The URL without the TLS settings, as tokio-postgres takes it.
+    url: String,
 }
 
 impl Target {
     pub fn parse(url: &str) -> anyhow::Result<Target> {
+        let (tls, url) = tls::split(url).context("source.url")?;
         let cfg: tokio_postgres::Config = url
             .parse()
             .context("source.url is not a valid Postgres connection URL")?;
@@ -50,6 +59,8 @@ impl Target {
             user,
             password,
             dbname,
+            tls,
+            url,
         })
     }
 
@@ -60,25 +71,73 @@ impl Target {
             self.host, self.port, self.dbname, self.user
         )
     }
+
+    /// The replication connection's settings for `slot`: the same server, credentials and TLS
+    /// as the catalog connection, and the pinned session settings.
+    pub fn replication_config(
+        &self,
+        slot: &str,
+        publication: &str,
+        application_name: &str,
+        status_interval: Duration,
+    ) -> ReplicationConfig {
+        ReplicationConfig::new(
+            self.host.clone(),
+            self.user.clone(),
+            self.password.clone(),
+            self.dbname.clone(),
+            slot.to_string(),
+            publication.to_string(),
+        )
+        .with_port(self.port)
+        .with_tls(self.tls.replication())
+        .with_status_interval(status_interval)
+        .with_wakeup_interval(Duration::from_secs(1))
+        .with_application_name(application_name)
+        // Value conversion reads these formats; pin them so server defaults never matter.
+        .with_options(SESSION_OPTIONS)
+    }
 }
 
 /// A regular connection for catalog queries, with the session settings pinned.
 pub async fn catalog(url: &str) -> anyhow::Result<Client> {
-    let mut cfg: tokio_postgres::Config = url
+    let target = Target::parse(url)?;
+    let mut cfg: tokio_postgres::Config = target
+        .url
         .parse()
         .context("source.url is not a valid Postgres connection URL")?;
-    cfg.options(SESSION_OPTIONS).application_name("cdc");
-    let target = Target::parse(url)?;
-    let (client, conn) = cfg
-        .connect(NoTls)
-        .await
-        .with_context(|| format!("cannot connect to {}", target.describe()))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!("catalog connection closed: {e}");
+    cfg.options(SESSION_OPTIONS)
+        .application_name("cdc")
+        .ssl_mode(target.tls.postgres_mode());
+    let connected = match target.tls.mode {
+        tls::Mode::Disable => cfg.connect(NoTls).await.map(|(client, conn)| {
+            tokio::spawn(watch(conn));
+            client
+        }),
+        _ => cfg.connect(target.tls.connector()?).await.map(|(client, conn)| {
+            tokio::spawn(watch(conn));
+            client
+        }),
+    };
+    connected.map_err(|e| {
+        let e = anyhow::Error::new(e).context(format!("cannot connect to {}", target.describe()));
+        if tls::is_certificate_error(&e) {
+            // A certificate that does not verify does not start verifying by itself.
+            Unrecoverable(format!(
+                "{e:#}: check sslrootcert and the host name (sslmode={})",
+                target.tls.mode.name()
+            ))
+            .into()
+        } else {
+            e
         }
-    });
-    Ok(client)
+    })
+}
+
+async fn watch<F: std::future::Future<Output = Result<(), tokio_postgres::Error>>>(conn: F) {
+    if let Err(e) = conn.await {
+        tracing::debug!("catalog connection closed: {e}");
+    }
 }
 
 /// Before streaming: `wal_level` must be logical and the publication must exist (`cdc setup`

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use pgwire_replication::{ReplicationClient, ReplicationConfig, ReplicationEvent};
+use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
@@ -122,7 +122,7 @@ async fn session(
     // every message, which passes it in the middle of a large transaction; cdc stops at
     // transaction boundaries instead (see `reached`).
     let target = Target::parse(&source.url)?;
-    let cfg = replication_config(source, &target);
+    let cfg = target.replication_config(&source.slot, &source.publication, "cdc", source.status_interval);
     let mut client = ReplicationClient::connect(cfg).await.context("starting replication")?;
     client.wait_started().await.map_err(|e| classify(e.into()))?;
     tracing::info!(slot = %source.slot, publication = %source.publication, "streaming from {}", target.describe());
@@ -348,21 +348,4 @@ fn classify(e: anyhow::Error) -> SessionError {
     } else {
         SessionError::Retry(e)
     }
-}
-
-fn replication_config(source: &SourceConfig, target: &Target) -> ReplicationConfig {
-    ReplicationConfig::new(
-        target.host.clone(),
-        target.user.clone(),
-        target.password.clone(),
-        target.dbname.clone(),
-        source.slot.clone(),
-        source.publication.clone(),
-    )
-    .with_port(target.port)
-    .with_status_interval(source.status_interval)
-    .with_wakeup_interval(Duration::from_secs(1))
-    .with_application_name("cdc")
-    // Value conversion reads these formats; pin them so server defaults never matter.
-    .with_options(connection::SESSION_OPTIONS)
 }

@@ -130,6 +130,53 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// A second throwaway cluster of the test's own (`scripts/postgres.sh start` with `envs`, e.g.
+/// `CDC_PG_WAL_LEVEL=replica` or a TLS certificate), stopped when dropped.
+pub struct ExtraCluster {
+    dir: TempDir,
+    /// Superuser URL (trust auth) for database `postgres`.
+    pub url: String,
+    pub port: u16,
+}
+
+impl ExtraCluster {
+    pub fn start(envs: &[(&str, &str)]) -> ExtraCluster {
+        let dir = temp_dir();
+        let out = Command::new("bash")
+            .arg(repo_root().join("scripts/postgres.sh"))
+            .arg("start")
+            .arg(dir.path().join("pg"))
+            .envs(envs.iter().copied())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let exports = String::from_utf8_lossy(&out.stdout).into_owned();
+        let value = |name: &str| {
+            exports
+                .lines()
+                .find_map(|l| l.strip_prefix(&format!("export {name}='")))
+                .and_then(|l| l.strip_suffix('\''))
+                .unwrap_or_else(|| panic!("postgres.sh prints {name}: {exports}"))
+                .to_string()
+        };
+        ExtraCluster {
+            url: value("CDC_TEST_PG_URL"),
+            port: value("CDC_TEST_PG_PORT").parse().unwrap(),
+            dir,
+        }
+    }
+}
+
+impl Drop for ExtraCluster {
+    fn drop(&mut self) {
+        let _ = Command::new("bash")
+            .arg(repo_root().join("scripts/postgres.sh"))
+            .arg("stop")
+            .arg(self.dir.path().join("pg"))
+            .output();
+    }
+}
+
 /// A process-wide lock for tests that must not overlap within one test binary (e.g. the ones
 /// that call [`restart_postgres`]). Survives a panicking holder.
 pub fn serial() -> MutexGuard<'static, ()> {
