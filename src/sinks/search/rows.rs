@@ -256,9 +256,86 @@ fn from_json(json: serde_json::Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Op, Position};
 
     fn s(text: &str) -> Value {
         Value::String(text.into())
+    }
+
+    fn events_table() -> TableRows {
+        let column = |name: &str, kind: Kind| Column {
+            name: Arc::from(name),
+            type_oid: 0,
+            kind,
+        };
+        TableRows {
+            table: Arc::new(TableName::parse("app.events")),
+            columns: vec![
+                column("id", Kind::Int),
+                column("at", Kind::Timestamptz),
+                column("code", Kind::Text),
+                column("body", Kind::Text),
+            ],
+            types: ["int4", "timestamptz", "bpchar", "text"]
+                .map(|t| format!("pg_catalog.{t}"))
+                .to_vec(),
+            generated: vec![false, false, false, true],
+        }
+    }
+
+    #[test]
+    fn the_read_casts_each_key_to_its_column_type_and_reads_values_in_their_output_form() {
+        assert_eq!(
+            events_table().read_sql(&[0, 1], &[2]),
+            "SELECT u.n, CASE WHEN t.\"code\" IS NULL THEN NULL ELSE pg_catalog.format('%s', t.\"code\") END \
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(k0, k1, n) JOIN \"app\".\"events\" t \
+             ON t.\"id\" = u.k0::pg_catalog.int4 AND t.\"at\" = u.k1::pg_catalog.timestamptz"
+        );
+        assert_eq!(
+            events_table().document_columns(),
+            [0, 1, 2],
+            "generated columns left out"
+        );
+    }
+
+    #[test]
+    fn the_key_is_the_row_as_it_is_now() {
+        let row = |pairs: &[(&str, Value)]| Row(pairs.iter().map(|(k, v)| (Arc::from(*k), v.clone())).collect());
+        let event = |key: Row, new: Option<Row>| {
+            Event::new(
+                Op::Update,
+                Arc::new(TableName::parse("app.events")),
+                Some(key),
+                None,
+                new,
+                None,
+                Position::default(),
+            )
+        };
+        let old_key = row(&[("id", Value::Int(1)), ("at", s("2024-01-01T00:00:00Z"))]);
+        let moved = row(&[
+            ("id", Value::Int(2)),
+            ("at", s("2024-01-01T00:00:00Z")),
+            ("body", Value::UnchangedToast),
+        ]);
+        let table = events_table();
+        assert_eq!(
+            table.key_of(&event(old_key.clone(), Some(moved))).unwrap(),
+            Key {
+                columns: vec![0, 1],
+                inputs: vec!["2".into(), "2024-01-01T00:00:00Z".into()]
+            }
+        );
+        let unknown = row(&[("nope", Value::Int(1))]);
+        assert!(table
+            .key_of(&event(unknown, None))
+            .unwrap_err()
+            .contains("no longer in table app.events"));
+        let null = row(&[("id", Value::Null)]);
+        assert_eq!(
+            table.key_of(&event(null, None)).unwrap_err(),
+            "key column \"id\" is null"
+        );
     }
 
     #[test]
