@@ -40,12 +40,7 @@ async fn index_docs(node: &str, index: &str) -> Docs {
     if status == 404 {
         return Docs::new();
     }
-    let (status, body) = http(
-        reqwest::Method::GET,
-        &format!("{node}/{index}/_search?size=10000"),
-        None,
-    )
-    .await;
+    let (status, body) = search_when_ready(&format!("{node}/{index}/_search?size=10000")).await;
     assert_eq!(status, 200, "searching {index}: {body}");
     body["hits"]["hits"]
         .as_array()
@@ -53,6 +48,19 @@ async fn index_docs(node: &str, index: &str) -> Docs {
         .iter()
         .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
         .collect()
+}
+
+/// GET `url`, again while the node answers 503 (a fresh index's shard, e.g. right after a
+/// truncate swapped the alias, is not active yet), for up to 30 s.
+async fn search_when_ready(url: &str) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http(reqwest::Method::GET, url, None).await;
+        if status != 503 || Instant::now() >= deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The documents the table should produce: `sql` selects (id text, document jsonb).
@@ -814,6 +822,7 @@ async fn raw_docs(node: &str, index: &str) -> BTreeMap<String, (u64, String)> {
         return BTreeMap::new();
     }
     let url = format!("{node}/{index}/_search?size=1000&version=true");
+    search_when_ready(&url).await;
     let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
     let search: Search = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}: {text:.300}"));
     search

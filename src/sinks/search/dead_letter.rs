@@ -47,12 +47,14 @@ pub struct Payload<'a> {
 
 pub fn action_payload(action: &Action) -> String {
     let event = raw(action.event.to_json());
-    let document = match &action.write {
-        Write::Index(doc) => Some(raw(doc)),
-        _ => None,
+    // An index whose document could not be read back stays an index, without its document.
+    let (verb, document) = match &action.write {
+        Write::Index(doc) => ("index", Some(raw(doc))),
+        Write::IndexAfterRead { .. } => ("index", None),
+        Write::Delete => ("delete", None),
     };
     let payload = Payload {
-        action: Some(if document.is_some() { "index" } else { "delete" }.to_string()),
+        action: Some(verb.to_string()),
         index: Some(action.doc.index.to_string()),
         id: Some(action.doc.id.clone()),
         version: Some(action.version),
