@@ -1187,3 +1187,30 @@ async fn a_held_older_write_never_brings_a_deleted_document_back() {
     cdc.sigterm();
     stop_node(node_dir.path());
 }
+
+#[tokio::test]
+async fn an_update_whose_table_was_dropped_since_becomes_a_dead_letter_instead_of_holding_the_slot() {
+    let node = node_url();
+    let index = support::unique_name("dropped");
+    let mapping = format!("[[tables]]\ntable = \"docs\"\nsinks = [\"search\"]\nindex = \"{index}\"\n");
+    let ddl = "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);";
+    let s = setup("search_dropped", ddl, &node, "", &mapping, &[]).await;
+    let mut cdc = run(&s);
+    s.db.exec(&format!("INSERT INTO docs VALUES (1, 't', {BIG_TEXT})"))
+        .await;
+    let expected = "SELECT id::text, jsonb_build_object('id', id, 'title', title, 'body', body)::text FROM docs";
+    assert_index_equals_table(&node, &index, &s.db, expected, Duration::from_secs(60)).await;
+    cdc.sigterm();
+
+    // The update resends no body; by the time cdc reads it back, the table is gone.
+    s.db.exec("UPDATE docs SET title = 'changed'").await;
+    s.db.exec("DROP TABLE docs").await;
+    let after = s.db.current_wal_lsn().await;
+    let mut cdc = run(&s);
+    s.db.wait_confirmed_flush(&s.db.name, after, Duration::from_secs(60))
+        .await;
+    wait_for_dead_letters(&s.db, 1).await;
+    let error = s.db.query_opt_text("SELECT error FROM cdc.dead_letters").await.unwrap();
+    assert!(error.contains("no longer exists"), "{error}");
+    cdc.sigterm();
+}

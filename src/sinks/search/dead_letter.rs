@@ -172,9 +172,11 @@ pub async fn replay(
 }
 
 /// The event's row as it is now (every column a document can hold), looked up by its current
-/// key; None when it is gone.
+/// key; None when it is gone (or its table is).
 async fn current_row(pg: &Client, event: &Event) -> anyhow::Result<Option<Row>> {
-    let rows = TableRows::load(pg, &event.table).await?;
+    let Some(rows) = TableRows::load(pg, &event.table).await? else {
+        return Ok(None);
+    };
     let key = rows
         .key_of(event)
         .map_err(|why| anyhow::anyhow!("cannot look up the row of {}: {why}", event.table))?;

@@ -46,8 +46,17 @@ pub struct Key {
 }
 
 impl TableRows {
-    /// Reads the table's columns from the catalog (on a connection with the pinned settings).
-    pub async fn load(pg: &Client, table: &Arc<TableName>) -> anyhow::Result<TableRows> {
+    /// Reads the table's columns from the catalog (on a connection with the pinned settings);
+    /// None when the table no longer exists (it was dropped or renamed: none of its rows can
+    /// be found by this name).
+    pub async fn load(pg: &Client, table: &Arc<TableName>) -> anyhow::Result<Option<TableRows>> {
+        let exists: Option<String> = pg
+            .query_one("SELECT pg_catalog.to_regclass($1)::text", &[&table.quoted()])
+            .await?
+            .get(0);
+        if exists.is_none() {
+            return Ok(None);
+        }
         let columns = RelationCache::default().table_columns(pg, table).await?;
         let rows = pg
             .query(
@@ -66,12 +75,12 @@ impl TableRows {
         if rows.len() != columns.len() {
             bail!("the columns of {table} changed while cdc read them; reading again");
         }
-        Ok(TableRows {
+        Ok(Some(TableRows {
             table: table.clone(),
             columns,
             types: rows.iter().map(|r| r.get(0)).collect(),
             generated: rows.iter().map(|r| r.get(1)).collect(),
-        })
+        }))
     }
 
     pub fn index_of(&self, column: &str) -> Option<usize> {
