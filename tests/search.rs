@@ -40,12 +40,7 @@ async fn index_docs(node: &str, index: &str) -> Docs {
     if status == 404 {
         return Docs::new();
     }
-    let (status, body) = http(
-        reqwest::Method::GET,
-        &format!("{node}/{index}/_search?size=10000"),
-        None,
-    )
-    .await;
+    let (status, body) = search_when_ready(&format!("{node}/{index}/_search?size=10000")).await;
     assert_eq!(status, 200, "searching {index}: {body}");
     body["hits"]["hits"]
         .as_array()
@@ -53,6 +48,19 @@ async fn index_docs(node: &str, index: &str) -> Docs {
         .iter()
         .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
         .collect()
+}
+
+/// GET `url`, again while the node answers 503 (a fresh index's shard, e.g. right after a
+/// truncate swapped the alias, is not active yet), for up to 30 s.
+async fn search_when_ready(url: &str) -> (u16, Value) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, body) = http(reqwest::Method::GET, url, None).await;
+        if status != 503 || Instant::now() >= deadline {
+            return (status, body);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The documents the table should produce: `sql` selects (id text, document jsonb).
@@ -814,6 +822,7 @@ async fn raw_docs(node: &str, index: &str) -> BTreeMap<String, (u64, String)> {
         return BTreeMap::new();
     }
     let url = format!("{node}/{index}/_search?size=1000&version=true");
+    search_when_ready(&url).await;
     let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
     let search: Search = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}: {text:.300}"));
     search
@@ -1155,12 +1164,9 @@ async fn a_held_older_write_never_brings_a_deleted_document_back() {
     proxy.wait_held(2, Duration::from_secs(30)).await;
     s.db.exec("DELETE FROM events WHERE id = 1").await;
     let after = s.db.current_wal_lsn().await;
-    assert!(
-        !proxy
-            .bulk_forwarded(|b| b.contains(&delete_line(1)), Duration::from_secs(10))
-            .await,
-        "a later action on a document waits while an earlier one is unresolved"
-    );
+    let delete_sent_while_held = proxy
+        .bulk_forwarded(|b| b.contains(&delete_line(1)), Duration::from_secs(10))
+        .await;
     stop_node(node_dir.path());
     assert_eq!(
         start_node(node_dir.path()),
@@ -1174,6 +1180,37 @@ async fn a_held_older_write_never_brings_a_deleted_document_back() {
         index_docs(&node, &index).await.is_empty(),
         "the deleted rows' documents stay deleted"
     );
+    assert!(
+        !delete_sent_while_held,
+        "a later action on a document waits while an earlier one is unresolved"
+    );
     cdc.sigterm();
     stop_node(node_dir.path());
+}
+
+#[tokio::test]
+async fn an_update_whose_table_was_dropped_since_becomes_a_dead_letter_instead_of_holding_the_slot() {
+    let node = node_url();
+    let index = support::unique_name("dropped");
+    let mapping = format!("[[tables]]\ntable = \"docs\"\nsinks = [\"search\"]\nindex = \"{index}\"\n");
+    let ddl = "CREATE TABLE docs (id int PRIMARY KEY, title text, body text);";
+    let s = setup("search_dropped", ddl, &node, "", &mapping, &[]).await;
+    let mut cdc = run(&s);
+    s.db.exec(&format!("INSERT INTO docs VALUES (1, 't', {BIG_TEXT})"))
+        .await;
+    let expected = "SELECT id::text, jsonb_build_object('id', id, 'title', title, 'body', body)::text FROM docs";
+    assert_index_equals_table(&node, &index, &s.db, expected, Duration::from_secs(60)).await;
+    cdc.sigterm();
+
+    // The update resends no body; by the time cdc reads it back, the table is gone.
+    s.db.exec("UPDATE docs SET title = 'changed'").await;
+    s.db.exec("DROP TABLE docs").await;
+    let after = s.db.current_wal_lsn().await;
+    let mut cdc = run(&s);
+    s.db.wait_confirmed_flush(&s.db.name, after, Duration::from_secs(60))
+        .await;
+    wait_for_dead_letters(&s.db, 1).await;
+    let error = s.db.query_opt_text("SELECT error FROM cdc.dead_letters").await.unwrap();
+    assert!(error.contains("no longer exists"), "{error}");
+    cdc.sigterm();
 }

@@ -97,8 +97,8 @@ impl RelationCache {
         Ok(relation)
     }
 
-    /// The columns of `table` as the stream sees them (attnum order; dropped and system columns
-    /// left out), with their value kinds. Paths that read rows with SQL instead of from the
+    /// The columns of `table` as the stream sees them (attnum order; dropped, system and
+    /// generated columns left out: pgoutput does not send generated ones), with their value kinds. Paths that read rows with SQL instead of from the
     /// stream (TOAST read-back, dead-letter replay, rebuild) select each column in its type's
     /// output form, `format('%s', col)` (not `col::text`: that cast prints bool as `true`, trims
     /// char(n) and adds inet's netmask), in a session with
@@ -111,7 +111,7 @@ impl RelationCache {
                  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
-                 ORDER BY a.attnum",
+                 AND a.attgenerated = '' ORDER BY a.attnum",
                 &[&table.schema, &table.name],
             )
             .await?;

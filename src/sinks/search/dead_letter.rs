@@ -47,12 +47,14 @@ pub struct Payload<'a> {
 
 pub fn action_payload(action: &Action) -> String {
     let event = raw(action.event.to_json());
-    let document = match &action.write {
-        Write::Index(doc) => Some(raw(doc)),
-        _ => None,
+    // An index whose document could not be read back stays an index, without its document.
+    let (verb, document) = match &action.write {
+        Write::Index(doc) => ("index", Some(raw(doc))),
+        Write::IndexAfterRead { .. } => ("index", None),
+        Write::Delete => ("delete", None),
     };
     let payload = Payload {
-        action: Some(if document.is_some() { "index" } else { "delete" }.to_string()),
+        action: Some(verb.to_string()),
         index: Some(action.doc.index.to_string()),
         id: Some(action.doc.id.clone()),
         version: Some(action.version),
@@ -170,9 +172,11 @@ pub async fn replay(
 }
 
 /// The event's row as it is now (every column a document can hold), looked up by its current
-/// key; None when it is gone.
+/// key; None when it is gone (or its table is).
 async fn current_row(pg: &Client, event: &Event) -> anyhow::Result<Option<Row>> {
-    let rows = TableRows::load(pg, &event.table).await?;
+    let Some(rows) = TableRows::load(pg, &event.table).await? else {
+        return Ok(None);
+    };
     let key = rows
         .key_of(event)
         .map_err(|why| anyhow::anyhow!("cannot look up the row of {}: {why}", event.table))?;

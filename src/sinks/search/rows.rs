@@ -34,8 +34,6 @@ pub struct TableRows {
     /// (`pg_catalog.bpchar`, not `character`, which means char(1)): a cast to char(n),
     /// varchar(n) or numeric(p,s) could change the value compared.
     types: Vec<String>,
-    /// Generated columns: pgoutput does not send them, so documents leave them out.
-    generated: Vec<bool>,
 }
 
 /// Which columns make a row's key, and their values as Postgres input text.
@@ -46,41 +44,49 @@ pub struct Key {
 }
 
 impl TableRows {
-    /// Reads the table's columns from the catalog (on a connection with the pinned settings).
-    pub async fn load(pg: &Client, table: &Arc<TableName>) -> anyhow::Result<TableRows> {
+    /// Reads the table's columns from the catalog (on a connection with the pinned settings);
+    /// None when the table no longer exists (it was dropped or renamed: none of its rows can
+    /// be found by this name).
+    pub async fn load(pg: &Client, table: &Arc<TableName>) -> anyhow::Result<Option<TableRows>> {
+        let exists: Option<String> = pg
+            .query_one("SELECT pg_catalog.to_regclass($1)::text", &[&table.quoted()])
+            .await?
+            .get(0);
+        if exists.is_none() {
+            return Ok(None);
+        }
         let columns = RelationCache::default().table_columns(pg, table).await?;
         let rows = pg
             .query(
-                "SELECT pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(ty.typname), \
-                 a.attgenerated <> '' \
+                "SELECT pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(ty.typname) \
                  FROM pg_catalog.pg_attribute a \
                  JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
                  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
                  JOIN pg_catalog.pg_type ty ON ty.oid = a.atttypid \
                  JOIN pg_catalog.pg_namespace tn ON tn.oid = ty.typnamespace \
                  WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0 AND NOT a.attisdropped \
-                 ORDER BY a.attnum",
+                 AND a.attgenerated = '' ORDER BY a.attnum",
                 &[&table.schema, &table.name],
             )
             .await?;
         if rows.len() != columns.len() {
             bail!("the columns of {table} changed while cdc read them; reading again");
         }
-        Ok(TableRows {
+        Ok(Some(TableRows {
             table: table.clone(),
             columns,
             types: rows.iter().map(|r| r.get(0)).collect(),
-            generated: rows.iter().map(|r| r.get(1)).collect(),
-        })
+        }))
     }
 
     pub fn index_of(&self, column: &str) -> Option<usize> {
         self.columns.iter().position(|c| &*c.name == column)
     }
 
-    /// Every column a document can hold (generated columns left out), in table order.
+    /// Every column a document can hold, in table order (generated columns are not among them:
+    /// see `RelationCache::table_columns`).
     pub fn document_columns(&self) -> Vec<usize> {
-        (0..self.columns.len()).filter(|&i| !self.generated[i]).collect()
+        (0..self.columns.len()).collect()
     }
 
     /// The key of `event`'s row as it is now (the new key, after a key change). Errs, saying
@@ -256,9 +262,79 @@ fn from_json(json: serde_json::Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::{Op, Position};
 
     fn s(text: &str) -> Value {
         Value::String(text.into())
+    }
+
+    fn events_table() -> TableRows {
+        let column = |name: &str, kind: Kind| Column {
+            name: Arc::from(name),
+            type_oid: 0,
+            kind,
+        };
+        TableRows {
+            table: Arc::new(TableName::parse("app.events")),
+            columns: vec![
+                column("id", Kind::Int),
+                column("at", Kind::Timestamptz),
+                column("code", Kind::Text),
+            ],
+            types: ["int4", "timestamptz", "bpchar"]
+                .map(|t| format!("pg_catalog.{t}"))
+                .to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_read_casts_each_key_to_its_column_type_and_reads_values_in_their_output_form() {
+        assert_eq!(
+            events_table().read_sql(&[0, 1], &[2]),
+            "SELECT u.n, CASE WHEN t.\"code\" IS NULL THEN NULL ELSE pg_catalog.format('%s', t.\"code\") END \
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(k0, k1, n) JOIN \"app\".\"events\" t \
+             ON t.\"id\" = u.k0::pg_catalog.int4 AND t.\"at\" = u.k1::pg_catalog.timestamptz"
+        );
+    }
+
+    #[test]
+    fn the_key_is_the_row_as_it_is_now() {
+        let row = |pairs: &[(&str, Value)]| Row(pairs.iter().map(|(k, v)| (Arc::from(*k), v.clone())).collect());
+        let event = |key: Row, new: Option<Row>| {
+            Event::new(
+                Op::Update,
+                Arc::new(TableName::parse("app.events")),
+                Some(key),
+                None,
+                new,
+                None,
+                Position::default(),
+            )
+        };
+        let old_key = row(&[("id", Value::Int(1)), ("at", s("2024-01-01T00:00:00Z"))]);
+        let moved = row(&[
+            ("id", Value::Int(2)),
+            ("at", s("2024-01-01T00:00:00Z")),
+            ("body", Value::UnchangedToast),
+        ]);
+        let table = events_table();
+        assert_eq!(
+            table.key_of(&event(old_key.clone(), Some(moved))).unwrap(),
+            Key {
+                columns: vec![0, 1],
+                inputs: vec!["2".into(), "2024-01-01T00:00:00Z".into()]
+            }
+        );
+        let unknown = row(&[("nope", Value::Int(1))]);
+        assert!(table
+            .key_of(&event(unknown, None))
+            .unwrap_err()
+            .contains("no longer in table app.events"));
+        let null = row(&[("id", Value::Null)]);
+        assert_eq!(
+            table.key_of(&event(null, None)).unwrap_err(),
+            "key column \"id\" is null"
+        );
     }
 
     #[test]

@@ -274,6 +274,13 @@ async fn deliver(shared: &Shared, actions: Vec<Action>, max_bytes: usize) {
             || async { toast::read_back(&*shared.pg.client().await?, actions.clone()).await },
         )
         .await;
+        if let Some((first, why)) = read.unreadable.first() {
+            tracing::warn!(sink = %shared.name, index = %first.doc.index, "{} update(s) whose unchanged TOAST values cannot be read back, stored as dead letters; the first ({}): {why}", read.unreadable.len(), first.doc.id);
+            shared
+                .stats
+                .dead
+                .fetch_add(read.unreadable.len() as u64, Ordering::Relaxed);
+        }
         let letters: Vec<dead_letter::Letter> = read
             .unreadable
             .iter()
@@ -496,5 +503,50 @@ impl Health {
         if let Some((_, reason, retries)) = self.failing.lock().expect("health lock").take() {
             tracing::info!(sink = %self.sink, retries, "recovered from: {reason}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn action(id: &str, document_bytes: usize) -> Action {
+        let event = Event::new(
+            Op::Create,
+            Arc::new(crate::event::TableName::parse("t")),
+            None,
+            None,
+            None,
+            None,
+            crate::event::Position::default(),
+        );
+        Action {
+            doc: DocKey {
+                index: Arc::from("t"),
+                id: id.into(),
+            },
+            version: 1,
+            write: Write::Index(vec![b' '; document_bytes]),
+            event: Arc::new(event),
+        }
+    }
+
+    #[test]
+    fn requests_are_cut_by_the_real_bytes_of_their_documents() {
+        let actions: Vec<Action> = ["a", "b", "c", "d"]
+            .iter()
+            .zip([400, 400, 900, 10])
+            .map(|(id, bytes)| action(id, bytes))
+            .collect();
+        let limit = actions[0].size() * 2;
+        let ids: Vec<Vec<String>> = split_by_bytes(actions, limit)
+            .into_iter()
+            .map(|request| request.into_iter().map(|a| a.doc.id).collect())
+            .collect();
+        assert_eq!(
+            ids,
+            [vec!["a", "b"], vec!["c"], vec!["d"]],
+            "one over the limit goes alone"
+        );
     }
 }

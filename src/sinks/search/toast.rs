@@ -38,7 +38,17 @@ pub async fn read_back(pg: &Client, actions: Vec<Action>) -> anyhow::Result<Read
     }
     let mut filled: HashMap<usize, Result<Option<Vec<u8>>, String>> = HashMap::new();
     for (table, positions) in by_table {
-        let rows = TableRows::load(pg, &table).await?;
+        let Some(rows) = TableRows::load(pg, &table).await? else {
+            for i in positions {
+                filled.insert(
+                    i,
+                    Err(format!(
+                        "cannot read back the unchanged TOAST values: table {table} no longer exists"
+                    )),
+                );
+            }
+            continue;
+        };
         let wanted: Vec<&Action> = positions.iter().map(|&i| &actions[i]).collect();
         for (i, doc) in positions.into_iter().zip(read_table(pg, &rows, &wanted).await?) {
             filled.insert(i, doc);
