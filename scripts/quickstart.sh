@@ -53,9 +53,11 @@ cleanup() {
 trap cleanup EXIT
 
 echo "== starting PostgreSQL"
-eval "$(bash "$root/scripts/postgres.sh" start "$work/pg")"
+pg_env=$(bash "$root/scripts/postgres.sh" start "$work/pg") || { echo "quickstart: PostgreSQL did not start (above)"; exit 1; }
+eval "$pg_env"
 echo "== starting an OpenSearch node (the first time, Maven downloads it)"
-eval "$(bash "$root/scripts/search-node.sh" start "$work/search")"
+search_env=$(bash "$root/scripts/search-node.sh" start "$work/search") || { echo "quickstart: the search node did not start (above)"; exit 1; }
+eval "$search_env"
 url="postgres://cdc:cdc@127.0.0.1:$CDC_TEST_PG_PORT/shop"
 psql_() { "$CDC_TEST_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql_ "$CDC_TEST_PG_URL" -c "CREATE DATABASE shop OWNER cdc"
