@@ -1,37 +1,63 @@
 #!/usr/bin/env bash
 # cdc end to end on this machine, with nothing set up beforehand:
-#   scripts/quickstart.sh
+#   scripts/quickstart.sh          # runs everything, then stops it and removes its temp dir
+#   KEEP=1 scripts/quickstart.sh   # leaves Postgres, the search node and the config in place and
+#                                  # prints the commands to continue by hand (and to stop them)
 # Starts a throwaway PostgreSQL (wal_level=logical) and an OpenSearch node (fetched through
 # Maven on first use) in a temp dir, creates a sample table, writes a cdc.toml that sends the
 # table to stdout and to the search index, runs `cdc setup` and `cdc run`, makes some changes,
 # shows the events cdc printed and the documents in the index, then stops everything.
-# Set KEEP=1 to leave Postgres and the node running and print how to reach them.
+# Needs: cargo, python3, curl, unzip, java (17), mvn; PostgreSQL comes from apt-get when missing.
+# The first run builds cdc in release mode: 10 to 20 minutes on a 2-core machine.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
 
-command -v cargo >/dev/null || { echo "cargo is missing: install Rust with rustup (https://rustup.rs)"; exit 1; }
-echo "== building cdc"
-cargo build --release --quiet
+if ! command -v cargo >/dev/null && [ -f "$HOME/.cargo/env" ]; then . "$HOME/.cargo/env"; fi
+missing=""
+for tool in cargo python3 curl unzip java mvn; do command -v "$tool" >/dev/null || missing="$missing $tool"; done
+if [ -n "$missing" ]; then
+  echo "quickstart: missing:$missing"
+  echo "  cargo: install Rust with rustup (https://rustup.rs)"
+  echo "  the others on Debian/Ubuntu: apt-get install python3 curl unzip openjdk-17-jre-headless maven"
+  exit 1
+fi
+if [ ! -x target/release/cdc ]; then
+  echo "== building cdc (cargo build --release; the first build takes 10 to 20 minutes on a 2-core machine)"
+else
+  echo "== building cdc (cargo build --release)"
+fi
+cargo build --release
 cdc="$root/target/release/cdc"
 
 work=$(mktemp -d /tmp/cdc-quickstart.XXXXXX)
 chmod 755 "$work"
 pid=""
 cleanup() {
+  local rc=$?
   [ -n "$pid" ] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true
+  if [ "$rc" != 0 ]; then
+    echo "== quickstart failed (exit status $rc)"
+    [ -s "$work/cdc.log" ] && { echo "== the end of cdc's log"; tail -n 20 "$work/cdc.log"; }
+    [ "${KEEP:-0}" = 1 ] || echo "== rerun with KEEP=1 to keep $work (config, logs) and the servers for a look"
+  fi
   if [ "${KEEP:-0}" != 1 ]; then
     bash "$root/scripts/postgres.sh" stop "$work/pg" >/dev/null 2>&1 || true
     bash "$root/scripts/search-node.sh" stop "$work/search" >/dev/null 2>&1 || true
     rm -rf "$work"
+  elif [ "$rc" != 0 ]; then
+    echo "== KEEP=1: kept $work; stop what runs there with:"
+    echo "bash $root/scripts/postgres.sh stop $work/pg; bash $root/scripts/search-node.sh stop $work/search; rm -rf $work"
   fi
 }
 trap cleanup EXIT
 
 echo "== starting PostgreSQL"
-eval "$(bash "$root/scripts/postgres.sh" start "$work/pg")"
+pg_env=$(bash "$root/scripts/postgres.sh" start "$work/pg") || { echo "quickstart: PostgreSQL did not start (above)"; exit 1; }
+eval "$pg_env"
 echo "== starting an OpenSearch node (the first time, Maven downloads it)"
-eval "$(bash "$root/scripts/search-node.sh" start "$work/search")"
+search_env=$(bash "$root/scripts/search-node.sh" start "$work/search") || { echo "quickstart: the search node did not start (above)"; exit 1; }
+eval "$search_env"
 url="postgres://cdc:cdc@127.0.0.1:$CDC_TEST_PG_PORT/shop"
 psql_() { "$CDC_TEST_PG_BIN/psql" -X -q -v ON_ERROR_STOP=1 "$@"; }
 psql_ "$CDC_TEST_PG_URL" -c "CREATE DATABASE shop OWNER cdc"
@@ -91,8 +117,29 @@ for h in hits:
     print(f"  _id={h['_id']} _version={h['_version']} (the commit LSN) {json.dumps(h['_source'])}")
 assert [h["_source"]["title"] for h in hits] == ["lamp"], hits
 PY
+echo
 if [ "${KEEP:-0}" = 1 ]; then
-  echo "Postgres keeps running: $CDC_TEST_PG_BIN/psql $url ; config: $work/cdc.toml"
-  echo "OpenSearch keeps running: $CDC_TEST_SEARCH_URL"
-  echo "stop them with: bash scripts/postgres.sh stop $work/pg; bash scripts/search-node.sh stop $work/search"
+  cat <<EOF
+== KEEP=1: PostgreSQL, the search node and $work (config, logs) keep running. To continue:
+
+# cdc again, from where it stopped (in the foreground; Ctrl-C stops it):
+export CDC_PG_PASSWORD=cdc
+$cdc run --config $work/cdc.toml
+
+# in another terminal, a change, then the index (documents appear within a second):
+$CDC_TEST_PG_BIN/psql '$url' -c "INSERT INTO items (title, price, tags) VALUES ('chair', 49.00, '{home}')"
+curl -s '$CDC_TEST_SEARCH_URL/items/_search?pretty'
+
+# stop everything and remove the temp dir:
+bash $root/scripts/postgres.sh stop $work/pg; bash $root/scripts/search-node.sh stop $work/search; rm -rf $work
+EOF
+else
+  cat <<EOF
+== done (Postgres and the search node stop now; $work is removed). What next:
+  KEEP=1 bash scripts/quickstart.sh      # the same, but leaves Postgres, the node and the config running
+                                         # and prints the commands to continue by hand
+  $cdc --help
+  examples/stdout.toml, examples/search.toml, examples/webhook.toml   # configs for your own database
+  README.md: Configuration, Search-index sink, Webhook sink
+EOF
 fi
