@@ -66,21 +66,21 @@ impl RelationCache {
                 kind,
             });
         }
-        // Under REPLICA IDENTITY USING INDEX old rows carry only that index's columns (flagged in
-        // the message), so they are the key a delete can name. Otherwise the primary key: under
-        // DEFAULT it is what is flagged; under FULL every column is flagged, so ask the catalog.
-        let key = if msg.replica_identity == b'i' {
+        // The message flags the replica identity's columns, the ones old rows carry: the primary
+        // key under DEFAULT, the index's columns under USING INDEX; those are the key a delete
+        // can name. Under FULL every column is flagged, so the primary key comes from the catalog.
+        let key = if msg.replica_identity == b'f' {
+            primary_key(catalog, msg.oid)
+                .await?
+                .iter()
+                .filter_map(|name| columns.iter().position(|c| &*c.name == name))
+                .collect()
+        } else {
             msg.columns
                 .iter()
                 .enumerate()
                 .filter(|(_, c)| c.is_key)
                 .map(|(i, _)| i)
-                .collect()
-        } else {
-            primary_key(catalog, msg.oid)
-                .await?
-                .iter()
-                .filter_map(|name| columns.iter().position(|c| &*c.name == name))
                 .collect()
         };
         let relation = Arc::new(Relation {

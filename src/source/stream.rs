@@ -137,7 +137,7 @@ async fn session(
         let ev = tokio::select! {
             biased;
             _ = shutdown.changed() => {
-                finish(&mut client, router, sinks, checkpoint, source.status_interval).await.map_err(SessionError::Fatal)?;
+                finish(&mut client, &catalog, &source.slot, router, sinks, checkpoint, source.status_interval).await.map_err(SessionError::Fatal)?;
                 return Ok(Stop::Shutdown);
             }
             _ = tick.tick() => {
@@ -206,9 +206,17 @@ async fn session(
             _ = shutdown.changed() => Some(Stop::Shutdown),
         };
         if let Some(stop) = stop {
-            finish(&mut client, router, sinks, checkpoint, source.status_interval)
-                .await
-                .map_err(SessionError::Fatal)?;
+            finish(
+                &mut client,
+                &catalog,
+                &source.slot,
+                router,
+                sinks,
+                checkpoint,
+                source.status_interval,
+            )
+            .await
+            .map_err(SessionError::Fatal)?;
             return Ok(stop);
         }
         // An atomic store; the client sends it on its status interval.
@@ -296,10 +304,14 @@ fn lookup<'a>(
 
 /// Shutdown: the sinks deliver what they hold, then the final position is confirmed before the
 /// session closes. The replication client sends positions on its status interval, so wait
-/// (bounded) until it has sent this one. Fails unless every sink delivered everything it
-/// received and the position was sent: `cdc run`'s exit status says whether it stopped clean.
+/// (bounded) until it has sent this one; then, once the stream is closed, read the slot until
+/// Postgres shows the position (the walsender may read the report only after cdc's side has
+/// closed). Fails unless every sink delivered everything it received and Postgres holds the
+/// position: `cdc run`'s exit status says whether it stopped clean.
 async fn finish(
     client: &mut ReplicationClient,
+    catalog: &Client,
+    slot: &str,
     router: &mut Router,
     sinks: &mut Running,
     checkpoint: &Checkpoint,
@@ -313,15 +325,16 @@ async fn finish(
     while client.metrics().last_applied_lsn().as_u64() < last.0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let confirmed = client.metrics().last_applied_lsn().as_u64() >= last.0;
-    if confirmed {
-        tracing::info!(confirmed = %last, "confirmed the final position");
-    }
+    let sent = client.metrics().last_applied_lsn().as_u64() >= last.0;
     client.stop();
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         while let Ok(Some(_)) = client.recv().await {}
     })
     .await;
+    let confirmed = sent && slot_reaches(catalog, slot, last, Duration::from_secs(5)).await;
+    if confirmed {
+        tracing::info!(confirmed = %last, "confirmed the final position");
+    }
     drained?;
     if let Some((acked, dispatched)) = checkpoint.undelivered() {
         anyhow::bail!("stopped with undelivered changes: the sinks acknowledged up to {acked}, the stream had reached {dispatched}; the rest is sent again at the next start");
@@ -330,6 +343,29 @@ async fn finish(
         anyhow::bail!("could not confirm the final position {last} to Postgres; what was delivered since the last confirmed position is sent again at the next start");
     }
     Ok(())
+}
+
+/// Whether the slot's confirmed position reaches `lsn` within `wait`, as Postgres shows it.
+async fn slot_reaches(catalog: &Client, slot: &str, lsn: Lsn, wait: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let confirmed = catalog
+            .query_opt(
+                "SELECT confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+                &[&slot],
+            )
+            .await;
+        match confirmed {
+            Ok(Some(row)) if row.get::<_, Option<String>>(0).and_then(|t| Lsn::parse(&t)) >= Some(lsn) => return true,
+            Ok(_) if tokio::time::Instant::now() < deadline => {}
+            Ok(_) => return false,
+            Err(e) => {
+                tracing::warn!("reading the slot's confirmed position: {e}");
+                return false;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `--stop-at`: whether the stream, between transactions at `position`, has reached it.
