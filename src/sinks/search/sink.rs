@@ -266,7 +266,7 @@ impl Sink {
 }
 
 /// Sends one batch until every action is written, stale, or dead-lettered.
-async fn deliver(shared: &Shared, actions: Vec<Action>) {
+pub async fn deliver(shared: &Shared, actions: Vec<Action>) {
     let mut actions = if actions.iter().any(|a| matches!(a.write, Write::IndexAfterRead { .. })) {
         retry_forever(
             &shared.health,
