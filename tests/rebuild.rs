@@ -68,7 +68,7 @@ async fn raw_docs(node: &str, index: &str) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {
-        let mut body = json!({"size": 10000, "sort": [{"_id": "asc"}]});
+        let mut body = json!({"size": 10000, "sort": [{"_id": {"order": "asc", "unmapped_type": "keyword"}}]});
         if let Some(after) = &after {
             body["search_after"] = json!([after]);
         }
@@ -409,4 +409,276 @@ async fn verify_reports_a_missing_an_extra_and_a_modified_document_and_exits_1()
     assert!(text.contains("missing (1), e.g.: 1\n"), "{text}");
     assert!(text.contains("extra (1), e.g.: 999999\n"), "{text}");
     assert!(text.contains("different (1), e.g.: 7: title\n"), "{text}");
+}
+
+/// A table of many types, under a projection (a column left out) and a filter.
+const TYPES_DDL: &str = "CREATE TABLE things (id int PRIMARY KEY, kind text NOT NULL, name text, price numeric(10,3), ratio float8, \
+     flag bool, born date, seen timestamp, at timestamptz, span interval, tags text[], matrix int[], meta jsonb, raw bytea, \
+     uid uuid, secret text);";
+
+fn things_mapping(index: &str, sink: &str) -> String {
+    format!(
+        "[[tables]]\ntable = \"things\"\nsinks = [\"{sink}\"]\nindex = \"{index}\"\nexclude_columns = [\"secret\"]\nfilter = {{ kind = [\"a\", \"b\"] }}\n\n"
+    )
+}
+
+const THINGS_ROWS: &str = "INSERT INTO things SELECT g, CASE g % 3 WHEN 0 THEN 'a' WHEN 1 THEN 'b' ELSE 'c' END, \
+     'naïve ✓ \"q\" ' || g, g * 1.125, g / 7.0, g % 2 = 0, date '2026-01-01' + g, timestamp '2026-01-01 10:00:00.5' + g * interval '1 minute', \
+     timestamptz '2026-01-01 10:00:00+02' + g * interval '1 second', g * interval '1 hour 2 minutes', ARRAY['x' || g, NULL, 'y'], \
+     ARRAY[[g, g + 1], [g + 2, g + 3]], jsonb_build_object('n', g, 'deep', jsonb_build_object('x', 1.50, 'y', jsonb_build_array('z', g::text))), decode('00ff' || lpad(to_hex(g), 4, '0'), 'hex'), \
+     md5(g::text)::uuid, 'hidden' FROM generate_series(1, 600) g";
+
+/// The same rows under the same projection and filter, once streamed by `cdc run` and once
+/// rebuilt: the same ids and byte-identical documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_index_equals_the_streamed_one_under_a_filter_and_a_projection() {
+    let _serial = support::serial();
+    let node = node_url();
+    let streamed = support::unique_name("rb_streamed");
+    let rebuilt = support::unique_name("rb_rebuilt");
+    let tables = things_mapping(&streamed, "streaming") + &things_mapping(&rebuilt, "rebuilding");
+    let s = setup("rebuild_same", TYPES_DDL, "", &["streaming", "rebuilding"], &tables).await;
+    let mut cdc = s.run();
+    s.db.exec(THINGS_ROWS).await;
+    s.db.exec("UPDATE things SET kind = 'c' WHERE id % 10 = 1; UPDATE things SET kind = 'a', name = 'moved in' WHERE id % 10 = 2 AND kind = 'c'; DELETE FROM things WHERE id % 25 = 0")
+        .await;
+    let lsn = s.db.current_wal_lsn().await;
+    s.db.wait_confirmed_flush(&s.db.name, lsn, Duration::from_secs(120))
+        .await;
+    cdc.sigterm();
+
+    // Only the rebuild writes the second index from here on.
+    for index in alias_targets(&node, &rebuilt).await {
+        let (status, body) = http(reqwest::Method::DELETE, &format!("{node}/{index}"), None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    s.rebuild("public.things", &["--sink", "rebuilding", "--parallel", "2"]);
+
+    let expected_ids =
+        s.db.query_one_i64("SELECT count(*) FROM things WHERE kind IN ('a', 'b')")
+            .await;
+    let streamed_docs = raw_docs(&node, &streamed).await;
+    let rebuilt_docs = raw_docs(&node, &rebuilt).await;
+    assert_eq!(
+        streamed_docs.len() as i64,
+        expected_ids,
+        "the stream indexed every matching row"
+    );
+    assert_eq!(
+        streamed_docs.keys().collect::<Vec<_>>(),
+        rebuilt_docs.keys().collect::<Vec<_>>(),
+        "same ids"
+    );
+    for (id, doc) in &streamed_docs {
+        assert_eq!(doc, &rebuilt_docs[id], "document {id} differs");
+    }
+    let sample = &streamed_docs["2"];
+    assert!(
+        !sample.contains("secret") && sample.contains("\"name\":\"moved in\""),
+        "{sample}"
+    );
+    let verified = s.cdc(&["verify", "--all"]);
+    assert!(
+        verified.status.success(),
+        "{}\n{}",
+        stdout_of(&verified),
+        stderr_of(&verified)
+    );
+}
+
+/// `cdc run` stopped while the rebuild runs and the writer keeps writing; started afterwards, it
+/// writes what the rebuild did not apply through the alias into the new index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_while_cdc_run_is_stopped_is_completed_by_cdc_run_afterwards() {
+    let _serial = support::serial();
+    let node = node_url();
+    let alias = support::unique_name("rb_stopped");
+    let s = setup(
+        "rebuild_stopped",
+        EVENTS_DDL,
+        &events_load(20_000),
+        &["search"],
+        &events_mapping(&alias, "search"),
+    )
+    .await;
+    let mut cdc = s.run();
+    s.db.exec("UPDATE events SET n = n + 1 WHERE id < 100").await;
+    let lsn = s.db.current_wal_lsn().await;
+    s.db.wait_confirmed_flush(&s.db.name, lsn, Duration::from_secs(60))
+        .await;
+    cdc.sigterm();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(s.db.url.clone(), 20_000, true, stop.clone());
+    s.rebuild("public.events", &["--parallel", "2"]);
+    stop.store(true, Ordering::Relaxed);
+    assert!(writer.await.unwrap() > 20);
+    // Changes after the rebuild's last position are for cdc run alone.
+    s.db.exec("INSERT INTO events (state, title) VALUES ('published', 'after'); UPDATE events SET title = 'after' WHERE id = 3; DELETE FROM events WHERE id = 4; UPDATE events SET id = 2000000000 WHERE id = 6")
+        .await;
+
+    let mut cdc = s.run();
+    assert_index_equals_table(&node, &alias, &s.db, EVENTS_EXPECTED, Duration::from_secs(120)).await;
+    let verified = s.verify("public.events");
+    assert!(
+        verified.status.success(),
+        "{}\n{}",
+        stdout_of(&verified),
+        stderr_of(&verified)
+    );
+    cdc.sigterm();
+}
+
+/// Searches on the alias during a rebuild (with `cdc run` streaming an insert/update writer)
+/// never fail and never count fewer documents than before the rebuild started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_on_the_alias_never_fail_nor_shrink_during_a_rebuild() {
+    let _serial = support::serial();
+    let node = node_url();
+    let alias = support::unique_name("rb_search");
+    let s = setup(
+        "rebuild_search",
+        EVENTS_DDL,
+        &events_load(30_000),
+        &["search"],
+        &events_mapping(&alias, "search"),
+    )
+    .await;
+    s.rebuild("public.events", &[]);
+    let mut cdc = s.run();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(s.db.url.clone(), 30_000, false, stop.clone());
+
+    let count_url = format!("{node}/{alias}/_count");
+    let (status, body) = http(reqwest::Method::GET, &count_url, None).await;
+    assert_eq!(status, 200, "{body}");
+    let before = body["count"].as_u64().unwrap();
+    assert!(before >= 24_000, "the first build indexed the table ({before})");
+    let searching = Arc::new(AtomicBool::new(true));
+    let searcher = {
+        let searching = searching.clone();
+        tokio::spawn(async move {
+            let mut counts = Vec::new();
+            while searching.load(Ordering::Relaxed) {
+                let (status, body) = http(reqwest::Method::GET, &count_url, None).await;
+                counts.push((status, body["count"].as_u64()));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            counts
+        })
+    };
+    let out = s.rebuild("public.events", &["--parallel", "2"]);
+    searching.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let counts = searcher.await.unwrap();
+    assert!(
+        counts.len() > 20,
+        "the searches ran during the rebuild ({})",
+        counts.len()
+    );
+    for (status, count) in &counts {
+        assert_eq!(*status, 200, "a search failed during the rebuild");
+        assert!(
+            count.is_some_and(|c| c >= before),
+            "a search saw {count:?} documents, fewer than the {before} before the rebuild; {}",
+            stdout_of(&out)
+        );
+    }
+    assert_index_equals_table(&node, &alias, &s.db, EVENTS_EXPECTED, Duration::from_secs(120)).await;
+    cdc.sigterm();
+}
+
+/// Waits until the rebuild of `alias` has created its index (one not in `earlier`) and written
+/// documents to it; returns the index.
+async fn wait_for_copy(node: &str, alias: &str, rebuild: &mut CdcProcess, earlier: &[String]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            rebuild.is_running(),
+            "the rebuild ended before it was interrupted\n{}",
+            rebuild.report()
+        );
+        let building = alias_targets(node, &format!("{alias}.rebuild")).await;
+        if let Some(index) = building.iter().find(|i| !earlier.contains(i)) {
+            http(reqwest::Method::POST, &format!("{node}/{index}/_refresh"), None).await;
+            let (status, body) = http(reqwest::Method::GET, &format!("{node}/{index}/_count"), None).await;
+            if status == 200 && body["count"].as_u64().is_some_and(|c| c > 0) {
+                return index.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no documents copied within 2 minutes\n{}",
+            rebuild.report()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// kill -9, then SIGINT, in the copy phase: each time the old index keeps serving, intact, and
+/// the temporary slot disappears; the next rebuild removes the half-built index (and says so),
+/// succeeds, and leaves no stray index or slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_rebuild_leaves_the_old_index_serving_and_the_next_one_cleans_up() {
+    let _serial = support::serial();
+    let node = node_url();
+    let alias = support::unique_name("rb_kill");
+    let s = setup(
+        "rebuild_kill",
+        EVENTS_DDL,
+        &events_load(40_000),
+        &["search"],
+        &events_mapping(&alias, "search"),
+    )
+    .await;
+    s.rebuild("public.events", &[]);
+    let old = alias_targets(&node, &alias).await;
+    let before = raw_docs(&node, &alias).await;
+    assert_eq!(before.len(), 32_000);
+
+    let slow = [
+        "--config",
+        &s.config,
+        "rebuild-index",
+        "--table",
+        "public.events",
+        "--parallel",
+        "1",
+        "--batch-size",
+        "50",
+    ];
+    let mut left = Vec::new();
+    for signal in [libc::SIGKILL, libc::SIGINT] {
+        let mut rebuild = CdcProcess::start(&slow, LOG_ENV);
+        left.push(wait_for_copy(&node, &alias, &mut rebuild, &left).await);
+        rebuild.signal(signal);
+        rebuild.wait_exit(Duration::from_secs(30));
+        assert_eq!(alias_targets(&node, &alias).await, old, "the old index still serves");
+        assert_eq!(raw_docs(&node, &alias).await, before, "the old index is intact");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rebuild_slots(&s.db).await > 0 {
+            assert!(Instant::now() < deadline, "the temporary slot outlived its session");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if signal == libc::SIGINT {
+            assert!(
+                rebuild
+                    .stderr_text()
+                    .contains(&format!("removing the half-built index {}", left[0])),
+                "the second run removed what the first left: {}",
+                rebuild.stderr_text()
+            );
+        }
+    }
+    let out = s.rebuild("public.events", &[]);
+    assert!(
+        stderr_of(&out).contains(&format!("removing the half-built index {}", left[1])),
+        "{}",
+        stderr_of(&out)
+    );
+    let now = alias_targets(&node, &alias).await;
+    assert_eq!(indexes_named(&node, &alias).await, now, "no stray index: {now:?}");
+    assert_eq!(rebuild_slots(&s.db).await, 0);
+    assert_index_equals_table(&node, &alias, &s.db, EVENTS_EXPECTED, Duration::from_secs(30)).await;
 }

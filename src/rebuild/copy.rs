@@ -14,8 +14,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::Context;
 use futures_util::{pin_mut, TryStreamExt};
 use tokio::task::{JoinHandle, JoinSet};
-use tokio_postgres::types::ToSql;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::table::Plan;
 use crate::event::Lsn;
@@ -145,13 +144,16 @@ impl Worker {
             let sql = self.plan.select(&chunk.relation, Some(&chunk.condition()));
             let rows = self
                 .client
-                .query_raw(&sql, std::iter::empty::<&(dyn ToSql + Sync)>())
+                .simple_query_raw(&sql)
                 .await
                 .with_context(|| format!("reading {} pages {}..", chunk.relation, chunk.from))?;
             pin_mut!(rows);
-            while let Some(row) = rows.try_next().await? {
+            while let Some(message) = rows.try_next().await? {
+                let SimpleQueryMessage::Row(row) = message else {
+                    continue;
+                };
                 self.counters.rows.fetch_add(1, Ordering::Relaxed);
-                let texts = (0..row.len()).map(|i| row.get::<_, Option<&str>>(i));
+                let texts = (0..row.len()).map(|i| row.get(i));
                 match self.plan.actions(texts, self.version) {
                     Ok(actions) => actions.into_iter().for_each(|a| batch.push(a)),
                     Err(e) => self.skip(&e),

@@ -2,10 +2,12 @@
 //! the relations to scan (the table, or the leaves of a partitioned table), and how one selected
 //! row becomes the document the stream would write for it.
 //!
-//! Rows are selected as `col::text` in a session with the pinned settings and converted by
-//! [`row_from_text`], then pass through the router's own [`route`] (filter, projection, key) and
-//! the search sink's [`encoder::actions`]: a rebuilt document is the streamed one, byte for byte,
-//! because it is made by the same code from the same values.
+//! Rows are read with the simple query protocol, whose text results are the types' output
+//! functions, exactly what pgoutput sends (a `::text` cast is not: `true::text` is `true` where
+//! the output is `t`, and inet and char(n) differ too), in a session with the pinned settings,
+//! and converted by [`row_from_text`]. They then pass through the router's own [`route`] (filter,
+//! projection, key) and the search sink's [`encoder::actions`]: a rebuilt document is the
+//! streamed one, byte for byte, because it is made by the same code from the same text.
 
 use std::sync::Arc;
 
@@ -80,12 +82,13 @@ impl Plan {
         })
     }
 
-    /// `SELECT c::text, ... FROM relation t WHERE <condition> AND <filter>`.
+    /// `SELECT c, ... FROM relation t WHERE <condition> AND <filter>`, for the simple query
+    /// protocol (text results).
     pub fn select(&self, relation: &str, condition: Option<&str>) -> String {
         let columns: Vec<String> = self
             .columns
             .iter()
-            .map(|c| format!("t.{}::text", quote_ident(&c.name)))
+            .map(|c| format!("t.{}", quote_ident(&c.name)))
             .collect();
         let conditions: Vec<&str> = condition.into_iter().chain(self.filter_sql.as_deref()).collect();
         let mut sql = format!("SELECT {} FROM {relation} t", columns.join(", "));
@@ -95,12 +98,13 @@ impl Plan {
         sql
     }
 
-    /// The document id as Postgres prints it (`a:b` for composite ids), for ordering by id.
+    /// The document id as Postgres prints it (`a:b` for composite ids; `format` uses the output
+    /// functions), for ordering and finding rows by id.
     pub fn id_sql(&self) -> String {
         let parts: Vec<String> = self
             .id_columns
             .iter()
-            .map(|c| format!("t.{}::text", quote_ident(c)))
+            .map(|c| format!("format('%s', t.{})", quote_ident(c)))
             .collect();
         format!("concat_ws(':', {})", parts.join(", "))
     }
@@ -224,9 +228,9 @@ mod tests {
         );
         assert_eq!(
             p.select("\"public\".\"items\"", Some("t.ctid >= '(0,0)'")),
-            "SELECT t.\"id\"::text, t.\"title\"::text, t.\"state\"::text FROM \"public\".\"items\" t \
+            "SELECT t.\"id\", t.\"title\", t.\"state\" FROM \"public\".\"items\" t \
              WHERE t.ctid >= '(0,0)' AND \"state\" = 'published'"
         );
-        assert_eq!(p.id_sql(), "concat_ws(':', t.\"id\"::text)");
+        assert_eq!(p.id_sql(), "concat_ws(':', format('%s', t.\"id\"))");
     }
 }

@@ -15,8 +15,7 @@ use bytes::Bytes;
 use elasticsearch::http::Method;
 use futures_util::{pin_mut, TryStreamExt};
 use serde_json::{json, Value as Json};
-use tokio_postgres::types::ToSql;
-use tokio_postgres::Client;
+use tokio_postgres::{Client, SimpleQueryMessage, SimpleQueryRow};
 
 use super::table::Plan;
 use crate::config::TableMapping;
@@ -159,7 +158,7 @@ impl Compare<'_> {
             self.plan.id_sql()
         );
         let rows = catalog
-            .query_raw(&sql, std::iter::empty::<&(dyn ToSql + Sync)>())
+            .simple_query_raw(&sql)
             .await
             .with_context(|| format!("reading {}", self.plan.table))?;
         pin_mut!(rows);
@@ -167,7 +166,10 @@ impl Compare<'_> {
         let mut index = IndexScan::new(self.service, &alias);
         let mut doc = index.next().await?;
         let mut previous: Option<String> = None;
-        while let Some(row) = rows.try_next().await? {
+        while let Some(message) = rows.try_next().await? {
+            let SimpleQueryMessage::Row(row) = message else {
+                continue;
+            };
             let Some((id, expected)) = self.document(&row)? else {
                 continue;
             };
@@ -217,7 +219,7 @@ impl Compare<'_> {
             self.plan.select(&self.plan.table.quoted(), None)
         );
         let mut ids = Vec::new();
-        for row in catalog.query(&sql, &[]).await? {
+        for row in rows(catalog, &sql).await? {
             if let Some((id, _)) = self.document(&row)? {
                 ids.push(id);
             }
@@ -298,8 +300,8 @@ impl Compare<'_> {
     }
 
     /// The document a selected row makes (None when the mapping leaves the row out).
-    fn document(&self, row: &tokio_postgres::Row) -> anyhow::Result<Option<(String, Json)>> {
-        let texts = (0..row.len()).map(|i| row.get::<_, Option<&str>>(i));
+    fn document(&self, row: &SimpleQueryRow) -> anyhow::Result<Option<(String, Json)>> {
+        let texts = (0..row.len()).map(|i| row.get(i));
         let actions = self
             .plan
             .actions(texts, Lsn::ZERO)
@@ -315,10 +317,11 @@ impl Compare<'_> {
 
     /// The current documents of these ids, from the table.
     async fn table_docs(&self, catalog: &Client, ids: &[String]) -> anyhow::Result<HashMap<String, Json>> {
-        let condition = format!("{} = ANY($1::text[])", self.plan.id_sql());
+        let literals: Vec<String> = ids.iter().map(|id| quote_literal(id)).collect();
+        let condition = format!("{} IN ({})", self.plan.id_sql(), literals.join(", "));
         let sql = self.plan.select(&self.plan.table.quoted(), Some(&condition));
         let mut out = HashMap::with_capacity(ids.len());
-        for row in catalog.query(&sql, &[&ids]).await? {
+        for row in rows(catalog, &sql).await? {
             if let Some((id, doc)) = self.document(&row)? {
                 out.insert(id, doc);
             }
@@ -383,7 +386,9 @@ impl<'a> IndexScan<'a> {
 
     async fn next(&mut self) -> anyhow::Result<Option<(String, Json)>> {
         if self.page.is_empty() && !self.done {
-            let mut body = json!({"size": PAGE, "sort": [{"_id": "asc"}], "query": {"match_all": {}}});
+            // unmapped_type: an index no document was ever mapped in has no `_id` to sort on.
+            let sort = json!([{"_id": {"order": "asc", "unmapped_type": "keyword"}}]);
+            let mut body = json!({"size": PAGE, "sort": sort, "query": {"match_all": {}}});
             if let Some(after) = &self.after {
                 body["search_after"] = json!([after]);
             }
@@ -417,6 +422,24 @@ fn differing_fields(expected: &Json, actual: &Json) -> Option<Vec<String>> {
         .collect();
     fields.sort();
     Some(fields)
+}
+
+/// The rows of a query run with the simple protocol (text results, as pgoutput sends them).
+async fn rows(catalog: &Client, sql: &str) -> anyhow::Result<Vec<SimpleQueryRow>> {
+    Ok(catalog
+        .simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(row) => Some(row),
+            _ => None,
+        })
+        .collect())
+}
+
+/// A string literal (standard_conforming_strings, the default since Postgres 9.1).
+fn quote_literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
 }
 
 fn hits(reply: &Json) -> &[Json] {
