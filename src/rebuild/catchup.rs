@@ -92,9 +92,16 @@ impl CatchUp {
     }
 
     /// Asks the task to stop once it has applied everything before `lsn`, and waits for it.
-    pub async fn finish(self, lsn: Lsn) -> anyhow::Result<Ended> {
+    pub async fn finish(mut self, lsn: Lsn) -> anyhow::Result<Ended> {
         self.until.send_replace(Some(lsn));
-        self.task.await.context("the catch-up task panicked")?
+        (&mut self.task).await.context("the catch-up task panicked")?
+    }
+}
+
+/// A rebuild that gives up (an error) must not leave the task writing into an index it deletes.
+impl Drop for CatchUp {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -2,8 +2,10 @@
 //! `<alias>.rebuild`), the settings that make bulk loading cheap and safe, the atomic alias swap,
 //! and the clean-up of what an interrupted rebuild left behind.
 //!
-//! The private alias is how a later run recognises a half-built index: an index behind
-//! `<alias>.rebuild` that `<alias>` does not serve was never swapped in, and is deleted.
+//! Two private aliases let a later run finish what an interrupted one left: an index behind
+//! `<alias>.rebuild` that `<alias>` does not serve was never swapped in; an index behind
+//! `<alias>.retired` was swapped out (in the same `_aliases` call) but not yet deleted. Both are
+//! deleted.
 
 use std::path::Path;
 use std::time::Duration;
@@ -27,6 +29,11 @@ const BUILD_SETTINGS: [(&str, &str); 3] = [
 /// The private alias an index being built sits behind.
 pub fn building_alias(alias: &str) -> String {
     format!("{alias}.rebuild")
+}
+
+/// The private alias of indexes swapped out and not yet deleted.
+fn retired_alias(alias: &str) -> String {
+    format!("{alias}.retired")
 }
 
 /// The new index: its name, and the settings file's values of the build settings to restore.
@@ -64,6 +71,28 @@ pub async fn remove_leftovers(service: &Service, alias: &str) -> anyhow::Result<
                     delete(service, std::slice::from_ref(&name)).await?;
                 }
             }
+        }
+    }
+    if let Target::Alias(retired) = index::lookup(service, &retired_alias(alias)).await? {
+        let retired: Vec<String> = retired.into_iter().filter(|i| !serving.contains(i)).collect();
+        tracing::warn!(alias, indexes = ?retired, "removing the old index(es) an earlier rebuild of {alias} swapped out but did not delete");
+        delete(service, &retired).await?;
+    }
+    Ok(())
+}
+
+/// After the hand-over: deletes the swapped-out indexes, or with `keep` only takes them off the
+/// private alias.
+pub async fn retire(service: &Service, alias: &str, old: &[String], keep: bool) -> anyhow::Result<()> {
+    if !keep {
+        return delete(service, old).await;
+    }
+    let retired = retired_alias(alias);
+    for name in old {
+        let path = format!("/{}/_alias/{}", encode(name), encode(&retired));
+        let reply = service.send(Method::Delete, &path, None).await?;
+        if !reply.ok() && reply.status != 404 {
+            bail!("DELETE {path}: HTTP {}: {}", reply.status, reply.text());
         }
     }
     Ok(())
@@ -124,8 +153,9 @@ pub async fn make_searchable(service: &Service, new: &NewIndex) -> anyhow::Resul
     Ok(())
 }
 
-/// Points `alias` at `new` alone, in one `_aliases` call; returns the indexes it served before
-/// (an index named like the alias is deleted in the same call: an alias cannot share its name).
+/// Points `alias` at `new` alone, in one `_aliases` call that also puts the indexes it served
+/// before behind `<alias>.retired` (see [`retire`]); returns them. An index named like the alias
+/// is deleted in the same call: an alias cannot share its name.
 pub async fn swap(service: &Service, alias: &str, new: &str) -> anyhow::Result<Vec<String>> {
     let mut attempt = 0;
     loop {
@@ -140,6 +170,7 @@ pub async fn swap(service: &Service, alias: &str, new: &str) -> anyhow::Result<V
         };
         for index in &old {
             actions.push(json!({"remove": {"index": index, "alias": alias}}));
+            actions.push(json!({"add": {"index": index, "alias": retired_alias(alias)}}));
         }
         actions.push(json!({"add": {"index": new, "alias": alias}}));
         let body = serde_json::to_vec(&json!({ "actions": actions }))?;
@@ -177,15 +208,6 @@ pub async fn delete(service: &Service, names: &[String]) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The physical index an alias points at, when exactly one.
-pub async fn serving(service: &Service, alias: &str) -> anyhow::Result<Option<String>> {
-    Ok(match index::lookup(service, alias).await? {
-        Target::Alias(mut indexes) if indexes.len() == 1 => indexes.pop(),
-        Target::Index => Some(alias.to_string()),
-        _ => None,
-    })
 }
 
 /// One request that must succeed.

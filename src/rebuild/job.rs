@@ -32,6 +32,7 @@ use super::table::Plan;
 use crate::config::{SourceConfig, TableMapping};
 use crate::event::Lsn;
 use crate::sinks::search::encoder::index_name;
+use crate::sinks::search::index;
 use crate::sinks::search::postgres::Postgres;
 use crate::sinks::search::service::Service;
 use crate::sinks::search::sink::{Health, Shared, Stats};
@@ -111,9 +112,7 @@ impl Job<'_> {
             match self.attempt(&service, &catalog, &alias, &mut replaced).await? {
                 Attempt::Done(mut summary) => {
                     summary.old = replaced;
-                    if !self.options.keep_old {
-                        indexes::delete(&service, &summary.old).await?;
-                    }
+                    indexes::retire(&service, &alias, &summary.old, self.options.keep_old).await?;
                     return Ok(summary);
                 }
                 Attempt::Truncated(lsn) => {
@@ -136,6 +135,9 @@ impl Job<'_> {
     ) -> anyhow::Result<Attempt> {
         let started = Instant::now();
         indexes::remove_leftovers(service, alias).await?;
+        if self.options.keep_old && index::lookup(service, alias).await? == index::Target::Index {
+            bail!("{alias} is an index, not an alias: an alias of that name can only replace it by deleting it; run without --keep-old");
+        }
         let mut building = self.mapping.clone();
         building.index = Some(indexes::building_alias(alias));
         let plan = Arc::new(Plan::new(catalog, &building).await?);
@@ -230,7 +232,7 @@ impl Job<'_> {
         indexes::make_searchable(service, new).await?;
         let now = mark(catalog, "caught-up").await?;
         if !catchup.reached(now).await {
-            return early_end(catchup.task.await);
+            return early_end((&mut catchup.task).await);
         }
         let catch_up_seconds = started.elapsed().as_secs_f64() - copy_seconds;
 
