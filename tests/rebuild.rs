@@ -708,3 +708,70 @@ async fn an_interrupted_rebuild_leaves_the_old_index_serving_and_the_next_one_cl
     assert_eq!(rebuild_slots(&s.db).await, 0);
     assert_index_equals_table(&node, &alias, &s.db, EVENTS_EXPECTED, Duration::from_secs(30)).await;
 }
+
+/// A truncate and a new column while the copy runs (both wait for the copy's lock, so they
+/// commit during the catch-up): the rebuild starts over from a new snapshot, and the index ends
+/// equal to the table, the new column in its documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_and_an_added_column_during_a_rebuild_end_in_an_index_equal_to_the_table() {
+    let _serial = support::serial();
+    let node = node_url();
+    let alias = support::unique_name("rb_truncate");
+    let s = setup(
+        "rebuild_truncate",
+        EVENTS_DDL,
+        &events_load(20_000),
+        &["search"],
+        &events_mapping(&alias, "search").replace(
+            "columns = [\"id\", \"state\", \"title\", \"n\", \"price\", \"at\"]",
+            "exclude_columns = [\"secret\"]",
+        ),
+    )
+    .await;
+    let mut rebuild = CdcProcess::start(
+        &[
+            "--config",
+            &s.config,
+            "rebuild-index",
+            "--table",
+            "public.events",
+            "--parallel",
+            "1",
+            "--batch-size",
+            "50",
+        ],
+        LOG_ENV,
+    );
+    wait_for_copy(&node, &alias, &mut rebuild, &[]).await;
+    // Blocks until the copy ends (its transaction holds the table's ACCESS SHARE lock).
+    s.db.exec(
+        "BEGIN; TRUNCATE events; ALTER TABLE events ADD COLUMN extra text DEFAULT 'x';
+         INSERT INTO events (state, title, n, price, at, secret, extra) SELECT 'published', 'after ' || g, g, 1.00, now(), 's', 'e' || g FROM generate_series(1, 300) g;
+         COMMIT;",
+    )
+    .await;
+    let status = rebuild.wait_exit(Duration::from_secs(240));
+    assert!(status.success(), "{}", rebuild.report());
+    assert!(
+        rebuild
+            .stderr_text()
+            .contains("truncated during the rebuild: starting over"),
+        "{}",
+        rebuild.report()
+    );
+    let expected = "SELECT id::text, (to_jsonb(e) - 'secret' || jsonb_build_object('at', replace((at AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z'))::text \
+                    FROM events e WHERE state = 'published'";
+    assert_index_equals_table(&node, &alias, &s.db, expected, Duration::from_secs(30)).await;
+    let docs = index_docs(&node, &alias).await;
+    assert_eq!(docs.len(), 300);
+    assert!(docs
+        .values()
+        .all(|d| d["extra"].as_str().is_some_and(|e| e.starts_with('e'))));
+    let verified = s.verify("public.events");
+    assert!(
+        verified.status.success(),
+        "{}\n{}",
+        stdout_of(&verified),
+        stderr_of(&verified)
+    );
+}
