@@ -75,6 +75,9 @@ pub async fn remove_leftovers(service: &Service, alias: &str) -> anyhow::Result<
     }
     if let Target::Alias(retired) = index::lookup(service, &retired_alias(alias)).await? {
         let retired: Vec<String> = retired.into_iter().filter(|i| !serving.contains(i)).collect();
+        if retired.is_empty() {
+            return Ok(());
+        }
         tracing::warn!(alias, indexes = ?retired, "removing the old index(es) an earlier rebuild of {alias} swapped out but did not delete");
         delete(service, &retired).await?;
     }
