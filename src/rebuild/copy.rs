@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::Context;
 use futures_util::{pin_mut, TryStreamExt};
-use tokio::task::{JoinHandle, JoinSet};
+use tokio::task::JoinSet;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::table::Plan;
@@ -139,7 +139,8 @@ struct Worker {
 impl Worker {
     async fn run(self) -> anyhow::Result<()> {
         let mut batch = Batch::default();
-        let mut in_flight: Option<JoinHandle<()>> = None;
+        // A JoinSet, not a detached task: a cancelled copy (a truncate) cancels its request too.
+        let mut in_flight = JoinSet::new();
         while let Some(chunk) = self.next_chunk() {
             let sql = self.plan.select(&chunk.relation, Some(&chunk.condition()));
             let rows = self
@@ -159,12 +160,12 @@ impl Worker {
                     Err(e) => self.skip(&e),
                 }
                 if batch.actions.len() >= self.limits.docs || batch.bytes >= self.limits.bytes {
-                    in_flight = Some(self.send(in_flight, &mut batch).await?);
+                    self.send(&mut in_flight, &mut batch).await?;
                 }
             }
         }
-        let last = self.send(in_flight, &mut batch).await?;
-        last.await.context("a bulk request task panicked")?;
+        self.send(&mut in_flight, &mut batch).await?;
+        wait(&mut in_flight).await?;
         // The snapshot's transaction only read; ending it releases the table's lock.
         self.client.batch_execute("COMMIT").await?;
         Ok(())
@@ -175,21 +176,21 @@ impl Worker {
     }
 
     /// Waits for the previous request, then sends the batch in the background.
-    async fn send(&self, previous: Option<JoinHandle<()>>, batch: &mut Batch) -> anyhow::Result<JoinHandle<()>> {
-        if let Some(previous) = previous {
-            previous.await.context("a bulk request task panicked")?;
-        }
+    async fn send(&self, in_flight: &mut JoinSet<()>, batch: &mut Batch) -> anyhow::Result<()> {
+        wait(in_flight).await?;
         let actions = std::mem::take(&mut batch.actions);
         batch.bytes = 0;
+        if actions.is_empty() {
+            return Ok(());
+        }
         let shared = self.shared.clone();
         let counters = self.counters.clone();
-        Ok(tokio::spawn(async move {
+        in_flight.spawn(async move {
             let n = actions.len() as u64;
-            if n > 0 {
-                deliver(&shared, actions).await;
-                counters.documents.fetch_add(n, Ordering::Relaxed);
-            }
-        }))
+            deliver(&shared, actions).await;
+            counters.documents.fetch_add(n, Ordering::Relaxed);
+        });
+        Ok(())
     }
 
     fn skip(&self, error: &dyn std::fmt::Display) {
@@ -197,6 +198,14 @@ impl Worker {
             tracing::warn!(table = %self.plan.table, "a row has no document: {error} (counted, not indexed; the stream would dead-letter it)");
         }
     }
+}
+
+/// Waits for the request in flight, if any.
+async fn wait(in_flight: &mut JoinSet<()>) -> anyhow::Result<()> {
+    while let Some(done) = in_flight.join_next().await {
+        done.context("a bulk request task panicked")?;
+    }
+    Ok(())
 }
 
 #[derive(Default)]
