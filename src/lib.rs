@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod commands;
 pub mod config;
 pub mod event;
+pub mod rebuild;
 pub mod retry;
 pub mod router;
 pub mod sinks;

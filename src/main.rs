@@ -19,6 +19,8 @@ Examples:
   cdc check                      validate cdc.toml and the database before the first run
   cdc setup                      create the publication and the replication slot
   cdc run                        stream changes to the configured sinks until SIGTERM
+  cdc rebuild-index --all        rebuild every search index from a snapshot, swapped in without downtime
+  cdc verify --table public.events   compare an index with its table (exit 1 when they differ)
   cdc --config /etc/cdc.toml run
   CDC_CONFIG=/etc/cdc.toml RUST_LOG=cdc=debug cdc run";
 
@@ -81,6 +83,48 @@ enum Command {
         #[arg(long)]
         drop_publication: bool,
     },
+    /// Rebuild a table's search index from a consistent snapshot and swap it in without downtime.
+    #[command(
+        name = "rebuild-index",
+        long_about = "Rebuild a table's search index from a consistent snapshot and swap it in without downtime.\n\n\
+A temporary replication slot with an exported snapshot splits history at one point P: --parallel workers copy the \
+snapshot into a new index <index>_<time> (version P-1, no refreshes or replicas while loading) while the slot's \
+later changes stream into it with their commit LSNs as versions (newer always wins). Then refresh and replicas are \
+restored, the alias is swapped in one atomic call, the slot's changes are applied up to the position after the \
+swap (from there on `cdc run` writes through the alias), and the old index is deleted (unless --keep-old). Works \
+with or without `cdc run` running, and for an alias that does not exist yet. Searches on the alias never see an \
+empty or partial index; an interrupted rebuild leaves the old index serving and the next one removes what it left.",
+        after_help = "Examples:\n  cdc rebuild-index --table public.events\n  cdc rebuild-index --all --parallel 8 --keep-old\n\nPrints one line per table: rows, documents, seconds, rows/s, and the index now behind the alias."
+    )]
+    RebuildIndex {
+        #[command(flatten)]
+        which: commands::rebuild_index::Which,
+        /// Copy workers (each one Postgres connection and one bulk request in flight).
+        #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+        parallel: u16,
+        /// Keep the previous index (no longer behind the alias) instead of deleting it.
+        #[arg(long)]
+        keep_old: bool,
+        /// Documents per bulk request (default: the sink's batch_max_docs).
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        batch_size: Option<u32>,
+    },
+    /// Compare a search index with its table under the mapping; exit 1 when they differ.
+    #[command(
+        long_about = "Compare a search index with its table under the mapping; exit 1 when they differ.\n\n\
+Streams the table (under a snapshot, projection and filter applied) and the index in document-id order and \
+compares ids and documents by meaning. Prints the counts of missing, extra and different documents with up to 5 \
+examples each (the id, and the fields that differ). A difference is looked at a second time (current row, current \
+document) before it is reported, so a row changed while verifying is not a false alarm.",
+        after_help = "Examples:\n  cdc verify --table public.events\n  cdc verify --all --sample 1000"
+    )]
+    Verify {
+        #[command(flatten)]
+        which: commands::rebuild_index::Which,
+        /// Check N random rows and N random documents instead of everything.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+        sample: Option<u32>,
+    },
     /// Webhook sinks: send a test event, show delivery attempts.
     Webhook {
         #[command(subcommand)]
@@ -138,6 +182,22 @@ fn main() -> ExitCode {
             }
             Command::Teardown { drop_publication } => {
                 commands::teardown::run(&config, drop_publication).await.map(|_| 0)
+            }
+            Command::RebuildIndex {
+                which,
+                parallel,
+                keep_old,
+                batch_size,
+            } => {
+                let options = cdc::rebuild::job::Options {
+                    parallel: usize::from(parallel),
+                    keep_old,
+                    batch_size: batch_size.map(|n| n as usize),
+                };
+                commands::rebuild_index::run(&config, &which, &options).await.map(|_| 0)
+            }
+            Command::Verify { which, sample } => {
+                commands::verify::run(&config, &which, sample.map(|n| n as usize)).await
             }
             Command::Webhook { command } => commands::webhook::run(&config, command).await,
             Command::DeadLetters { action } => commands::dead_letters::run(&config, action).await.map(|_| 0),

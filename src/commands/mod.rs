@@ -2,7 +2,9 @@
 
 pub mod check;
 pub mod dead_letters;
+pub mod rebuild_index;
 pub mod run;
 pub mod setup;
 pub mod teardown;
+pub mod verify;
 pub mod webhook;

@@ -163,7 +163,7 @@ pub fn read_settings(path: Option<&Path>) -> anyhow::Result<Json> {
 
 /// Index and alias names go into URL paths; the few characters they may hold that a path
 /// treats specially are escaped.
-fn encode(name: &str) -> String {
+pub fn encode(name: &str) -> String {
     name.replace('%', "%25")
         .replace('#', "%23")
         .replace('?', "%3F")

@@ -266,7 +266,7 @@ impl Sink {
 /// Sends one batch until every action is written, stale, or dead-lettered: in requests of at
 /// most `max_bytes` (counted once the documents are known), split further when the node says
 /// a request is too large.
-async fn deliver(shared: &Shared, actions: Vec<Action>, max_bytes: usize) {
+pub async fn deliver(shared: &Shared, actions: Vec<Action>, max_bytes: usize) {
     let actions = if actions.iter().any(|a| matches!(a.write, Write::IndexAfterRead { .. })) {
         let read = retry_forever(
             &shared.health,

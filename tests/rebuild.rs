@@ -1,0 +1,780 @@
+//! `cdc rebuild-index` and `cdc verify` against a real PostgreSQL and a real OpenSearch node
+//! (both started by scripts/test.sh). Each test has its own database and aliases named after it.
+//!
+//! The tests of this file hold [`support::serial`]: a rebuild uses several connections and
+//! workers, and on the 2-core CI machine rebuilds racing each other only make every test slower.
+//! Besides `cdc verify`, every test that checks an index compares it with the table document by
+//! document itself ([`assert_index_equals_table`]).
+// The serial guard is a std mutex held for a whole test on purpose: each test runs on its own
+// runtime, and no other task of that runtime waits for the guard.
+#![allow(clippy::await_holding_lock)]
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::{new_database, stderr_of, stdout_of, write_config, CdcProcess, TestDb};
+
+/// Documents by id.
+type Docs = BTreeMap<String, Value>;
+
+fn node_url() -> String {
+    support::search_url()
+        .expect("CDC_TEST_SEARCH_URL is not set: run the tests with scripts/test.sh (it starts the search node)")
+}
+
+async fn http(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
+    let (status, text) = http_text(method, url, body).await;
+    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+}
+
+async fn http_text(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, String) {
+    let client = reqwest::Client::new();
+    let mut request = client.request(method, url);
+    if let Some(body) = body {
+        request = request
+            .header("content-type", "application/json")
+            .body(body.to_string());
+    }
+    let response = request.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+/// Every document of `index` with its `_source` exactly as stored (bytes, not re-serialized),
+/// after a refresh; paged by `search_after` on `_id`, so any size works.
+async fn raw_docs(node: &str, index: &str) -> BTreeMap<String, String> {
+    let (status, _) = http(reqwest::Method::POST, &format!("{node}/{index}/_refresh"), None).await;
+    if status == 404 {
+        return BTreeMap::new();
+    }
+    #[derive(serde::Deserialize)]
+    struct Reply<'a> {
+        #[serde(borrow)]
+        hits: Hits<'a>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Hits<'a> {
+        #[serde(borrow)]
+        hits: Vec<Hit<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Hit<'a> {
+        _id: String,
+        #[serde(borrow)]
+        _source: &'a serde_json::value::RawValue,
+    }
+    let mut out = BTreeMap::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut body = json!({"size": 10000, "sort": [{"_id": {"order": "asc", "unmapped_type": "keyword"}}]});
+        if let Some(after) = &after {
+            body["search_after"] = json!([after]);
+        }
+        let (status, text) = http_text(reqwest::Method::POST, &format!("{node}/{index}/_search"), Some(body)).await;
+        assert_eq!(status, 200, "searching {index}: {text}");
+        let reply: Reply = serde_json::from_str(&text).unwrap();
+        let n = reply.hits.hits.len();
+        for hit in reply.hits.hits {
+            after = Some(hit._id.clone());
+            out.insert(hit._id, hit._source.get().to_string());
+        }
+        if n < 10000 {
+            return out;
+        }
+    }
+}
+
+async fn index_docs(node: &str, index: &str) -> Docs {
+    raw_docs(node, index)
+        .await
+        .into_iter()
+        .map(|(id, source)| (id, serde_json::from_str(&source).unwrap()))
+        .collect()
+}
+
+/// The documents the table should produce: `sql` selects (id text, document jsonb).
+async fn table_docs(db: &TestDb, sql: &str) -> Docs {
+    db.query_text(sql)
+        .await
+        .into_iter()
+        .map(|row| {
+            (
+                row[0].clone().unwrap(),
+                serde_json::from_str(row[1].as_deref().unwrap()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Waits until the index equals what `sql` says the table holds; fails with the differences.
+async fn assert_index_equals_table(node: &str, index: &str, db: &TestDb, sql: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let expected = table_docs(db, sql).await;
+        let actual = index_docs(node, index).await;
+        if expected == actual {
+            assert!(!expected.is_empty(), "the test compares something");
+            return;
+        }
+        if Instant::now() >= deadline {
+            let missing: Vec<&String> = expected.keys().filter(|k| !actual.contains_key(*k)).take(10).collect();
+            let extra: Vec<&String> = actual.keys().filter(|k| !expected.contains_key(*k)).take(10).collect();
+            let differing: Vec<(&String, &Value, &Value)> = expected
+                .iter()
+                .filter_map(|(k, v)| actual.get(k).filter(|a| *a != v).map(|a| (k, v, a)))
+                .take(5)
+                .collect();
+            panic!(
+                "index {index} differs from the table after {timeout:?}: {} expected, {} indexed; missing {missing:?}; extra {extra:?}; differing (id, table, index) {differing:?}",
+                expected.len(),
+                actual.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The physical indexes whose name starts with `prefix`.
+async fn indexes_named(node: &str, prefix: &str) -> Vec<String> {
+    let (status, body) = http(
+        reqwest::Method::GET,
+        &format!("{node}/_cat/indices/{prefix}*?format=json&h=index"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let mut names: Vec<String> = body
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["index"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
+/// The physical indexes behind an alias (empty when it does not exist).
+async fn alias_targets(node: &str, alias: &str) -> Vec<String> {
+    let (status, body) = http(reqwest::Method::GET, &format!("{node}/_alias/{alias}"), None).await;
+    if status == 404 {
+        return Vec::new();
+    }
+    let mut names: Vec<String> = body.as_object().unwrap().keys().cloned().collect();
+    names.sort();
+    names
+}
+
+async fn rebuild_slots(db: &TestDb) -> i64 {
+    db.query_one_i64(&format!(
+        "SELECT count(*) FROM pg_replication_slots WHERE slot_name LIKE 'cdc_rebuild%' AND database = '{}'",
+        db.name
+    ))
+    .await
+}
+
+struct Setup {
+    db: TestDb,
+    config: String,
+    _dir: tempfile::TempDir,
+}
+
+/// A database with `ddl` (and `load`, run before the slot exists, so it is never streamed), a
+/// config with the search sink(s) and `tables`, and `cdc setup` done.
+async fn setup(prefix: &str, ddl: &str, load: &str, sinks: &[&str], tables: &str) -> Setup {
+    let node = node_url();
+    let db = new_database(prefix).await;
+    db.exec(ddl).await;
+    if !load.is_empty() {
+        db.exec(load).await;
+    }
+    let dir = support::temp_dir();
+    let mut text = format!(
+        "[source]\nurl = \"{}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n",
+        db.url,
+        name = db.name
+    );
+    for sink in sinks {
+        text += &format!("[sinks.{sink}]\ntype = \"elasticsearch\"\nurl = \"{node}\"\nflush_interval = \"100ms\"\n\n");
+    }
+    text += tables;
+    let config = write_config(dir.path(), &text).to_str().unwrap().to_string();
+    let out = support::cdc(&["--config", &config, "setup"]);
+    assert!(out.status.success(), "cdc setup: {}", stderr_of(&out));
+    Setup { db, config, _dir: dir }
+}
+
+const LOG_ENV: &[(&str, &str)] = &[("RUST_LOG", "cdc=info"), ("NO_COLOR", "1")];
+
+impl Setup {
+    fn run(&self) -> CdcProcess {
+        CdcProcess::start(&["--config", &self.config, "run"], LOG_ENV)
+    }
+
+    /// `cdc ARGS --config ...`, waited for (at most 5 minutes).
+    fn cdc(&self, args: &[&str]) -> std::process::Output {
+        let mut all = vec!["--config", &self.config];
+        all.extend_from_slice(args);
+        support::cdc_with_env_timeout(&all, LOG_ENV, Duration::from_secs(300))
+    }
+
+    fn rebuild(&self, table: &str, extra: &[&str]) -> std::process::Output {
+        let mut args = vec!["rebuild-index", "--table", table];
+        args.extend_from_slice(extra);
+        let out = self.cdc(&args);
+        assert!(
+            out.status.success(),
+            "cdc rebuild-index failed ({}):\n{}\n{}",
+            out.status,
+            stdout_of(&out),
+            stderr_of(&out)
+        );
+        out
+    }
+
+    fn verify(&self, table: &str) -> std::process::Output {
+        self.cdc(&["verify", "--table", table])
+    }
+}
+
+const EVENTS_DDL: &str =
+    "CREATE TABLE events (id bigserial PRIMARY KEY, state text NOT NULL, title text, n int NOT NULL DEFAULT 0, \
+     price numeric(12,2), at timestamptz, secret text);";
+
+fn events_load(rows: u32) -> String {
+    format!(
+        "INSERT INTO events (id, state, title, n, price, at, secret) \
+         SELECT g, CASE WHEN g % 5 = 0 THEN 'hidden' ELSE 'published' END, 'title ' || g || ' ' || repeat('x', g % 50), g % 1000, \
+                (g % 10000) / 100.0, timestamptz '2026-01-01 00:00:00+00' + g * interval '1 second', 's' \
+         FROM generate_series(1, {rows}) g; \
+         SELECT setval('events_id_seq', 100000000);"
+    )
+}
+
+fn events_mapping(index: &str, sink: &str) -> String {
+    format!(
+        "[[tables]]\ntable = \"events\"\nsinks = [\"{sink}\"]\nindex = \"{index}\"\ncolumns = [\"id\", \"state\", \"title\", \"n\", \"price\", \"at\"]\nfilter = {{ state = \"published\" }}\n\n"
+    )
+}
+
+/// The documents of the events mapping, as the table says (numeric as numbers, timestamps as cdc
+/// writes them).
+const EVENTS_EXPECTED: &str =
+    "SELECT id::text, jsonb_build_object('id', id, 'state', state, 'title', title, 'n', n, 'price', price, \
+     'at', replace((at AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z')::text FROM events WHERE state = 'published'";
+
+/// A writer of small transactions until stopped: inserts and updates, and with `destructive`
+/// also filter moves both ways, primary-key changes and deletes. Returns the operations done.
+fn spawn_writer(url: String, rows: i64, destructive: bool, stop: Arc<AtomicBool>) -> tokio::task::JoinHandle<u64> {
+    tokio::spawn(async move {
+        let db = support::connect(&url).await;
+        let done = AtomicU64::new(0);
+        let mut i: i64 = 0;
+        while !stop.load(Ordering::Relaxed) {
+            i += 1;
+            let id = (i * 7919) % rows + 1;
+            let kinds = if destructive { 6 } else { 3 };
+            let sql = match i % kinds {
+                0 => format!("INSERT INTO events (state, title, n, price, at) VALUES ('published', 'new {i}', {i} % 1000, 1.50, now())"),
+                1 => format!("UPDATE events SET title = 'edited {i}', n = n + 1 WHERE id = {id}"),
+                2 => format!("UPDATE events SET price = price + 0.01, at = now() WHERE id IN ({id}, {id} + 1)"),
+                3 => format!("UPDATE events SET state = CASE state WHEN 'hidden' THEN 'published' ELSE 'hidden' END WHERE id = {id}"),
+                4 => format!("UPDATE events SET id = id + 1000000000 WHERE id = {id}"),
+                _ => format!("DELETE FROM events WHERE id = {}", (i * 104729) % rows + 1),
+            };
+            db.batch_execute(&sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+            done.fetch_add(1, Ordering::Relaxed);
+            // A steady few hundred transactions per second: a load cdc run keeps up with on 2 cores.
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        done.load(Ordering::Relaxed)
+    })
+}
+
+/// 100,000 rows (not 200,000: the whole file must stay within a few minutes on the 2-core CI
+/// machine) rebuilt with 4 workers while a writer inserts, updates, moves rows across the filter,
+/// changes keys and deletes, and `cdc run` streams the same changes into the old index: afterwards
+/// the alias serves an index equal to the table, `cdc verify` agrees, the old index and the
+/// temporary slot are gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_during_writes_and_streaming_leaves_the_index_equal_to_the_table() {
+    let _serial = support::serial();
+    let node = node_url();
+    let alias = support::unique_name("rb_busy");
+    let s = setup(
+        "rebuild_busy",
+        EVENTS_DDL,
+        &events_load(100_000),
+        &["search"],
+        &events_mapping(&alias, "search"),
+    )
+    .await;
+    let mut cdc = s.run();
+    // cdc run made the alias on its first write.
+    s.db.exec("UPDATE events SET n = n + 1 WHERE id = 1").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while alias_targets(&node, &alias).await.is_empty() {
+        assert!(Instant::now() < deadline, "cdc run never created {alias}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let old = alias_targets(&node, &alias).await;
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(s.db.url.clone(), 100_000, true, stop.clone());
+    let out = s.rebuild("public.events", &["--parallel", "4"]);
+    stop.store(true, Ordering::Relaxed);
+    let ops = writer.await.unwrap();
+    assert!(ops > 50, "the writer ran during the rebuild ({ops} operations)");
+
+    let summary = stdout_of(&out);
+    assert!(
+        summary.starts_with("public.events: ") && summary.contains(" rows, "),
+        "{summary}"
+    );
+    let now = alias_targets(&node, &alias).await;
+    assert_eq!(now.len(), 1);
+    assert!(
+        !old.contains(&now[0]),
+        "the alias moved to a new index: {old:?} → {now:?}"
+    );
+    assert!(summary.contains(&format!("{alias} → {}", now[0])), "{summary}");
+    assert_eq!(
+        indexes_named(&node, &alias).await,
+        now,
+        "the old index was deleted, nothing else left"
+    );
+    assert_eq!(rebuild_slots(&s.db).await, 0, "the temporary slot is gone");
+
+    assert_index_equals_table(&node, &alias, &s.db, EVENTS_EXPECTED, Duration::from_secs(120)).await;
+    let verified = s.verify("public.events");
+    assert!(
+        verified.status.success(),
+        "cdc verify: {}\n{}",
+        stdout_of(&verified),
+        stderr_of(&verified)
+    );
+    assert!(stdout_of(&verified).contains("missing 0, extra 0, different 0"));
+    cdc.sigterm();
+}
+
+/// A first build (no alias yet, `cdc run` never started) makes the alias; `cdc verify` passes,
+/// then reports a document deleted, one added and one modified behind cdc's back, and exits 1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_reports_a_missing_an_extra_and_a_modified_document_and_exits_1() {
+    let _serial = support::serial();
+    let node = node_url();
+    let alias = support::unique_name("rb_verify");
+    let s = setup(
+        "rebuild_verify",
+        EVENTS_DDL,
+        &events_load(2_000),
+        &["search"],
+        &events_mapping(&alias, "search"),
+    )
+    .await;
+    assert!(alias_targets(&node, &alias).await.is_empty());
+    let out = s.rebuild("public.events", &[]);
+    assert!(
+        stdout_of(&out).contains("public.events: 1600 rows, 1600 documents"),
+        "{}",
+        stdout_of(&out)
+    );
+    assert_index_equals_table(&node, &alias, &s.db, EVENTS_EXPECTED, Duration::from_secs(30)).await;
+    let clean = s.verify("public.events");
+    assert!(clean.status.success(), "{}\n{}", stdout_of(&clean), stderr_of(&clean));
+
+    let doc = format!("{node}/{alias}/_doc");
+    let (status, body) = http(reqwest::Method::DELETE, &format!("{doc}/1?refresh=true"), None).await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(
+        reqwest::Method::PUT,
+        &format!("{doc}/999999?refresh=true"),
+        Some(json!({"id": 999999, "title": "not in the table"})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = http(
+        reqwest::Method::POST,
+        &format!("{node}/{alias}/_update/7?refresh=true"),
+        Some(json!({"doc": {"title": "changed behind cdc's back"}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+
+    let found = s.verify("public.events");
+    let text = stdout_of(&found);
+    assert_eq!(found.status.code(), Some(1), "{text}\n{}", stderr_of(&found));
+    assert!(text.contains("missing 1, extra 1, different 1"), "{text}");
+    assert!(text.contains("missing (1), e.g.: 1\n"), "{text}");
+    assert!(text.contains("extra (1), e.g.: 999999\n"), "{text}");
+    assert!(text.contains("different (1), e.g.: 7: title\n"), "{text}");
+}
+
+/// A table of many types, under a projection (a column left out) and a filter.
+const TYPES_DDL: &str = "CREATE TABLE things (id int PRIMARY KEY, kind text NOT NULL, name text, price numeric(10,3), ratio float8, \
+     flag bool, born date, seen timestamp, at timestamptz, span interval, tags text[], matrix int[], meta jsonb, raw bytea, \
+     uid uuid, secret text);";
+
+fn things_mapping(index: &str, sink: &str) -> String {
+    format!(
+        "[[tables]]\ntable = \"things\"\nsinks = [\"{sink}\"]\nindex = \"{index}\"\nexclude_columns = [\"secret\"]\nfilter = {{ kind = [\"a\", \"b\"] }}\n\n"
+    )
+}
+
+const THINGS_ROWS: &str = "INSERT INTO things SELECT g, CASE g % 3 WHEN 0 THEN 'a' WHEN 1 THEN 'b' ELSE 'c' END, \
+     'naïve ✓ \"q\" ' || g, g * 1.125, g / 7.0, g % 2 = 0, date '2026-01-01' + g, timestamp '2026-01-01 10:00:00.5' + g * interval '1 minute', \
+     timestamptz '2026-01-01 10:00:00+02' + g * interval '1 second', g * interval '1 hour 2 minutes', ARRAY['x' || g, NULL, 'y'], \
+     ARRAY[[g, g + 1], [g + 2, g + 3]], jsonb_build_object('n', g, 'deep', jsonb_build_object('x', 1.50, 'y', jsonb_build_array('z', g::text))), decode('00ff' || lpad(to_hex(g), 4, '0'), 'hex'), \
+     md5(g::text)::uuid, 'hidden' FROM generate_series(1, 600) g";
+
+/// The same rows under the same projection and filter, once streamed by `cdc run` and once
+/// rebuilt: the same ids and byte-identical documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuilt_index_equals_the_streamed_one_under_a_filter_and_a_projection() {
+    let _serial = support::serial();
+    let node = node_url();
+    let streamed = support::unique_name("rb_streamed");
+    let rebuilt = support::unique_name("rb_rebuilt");
+    let tables = things_mapping(&streamed, "streaming") + &things_mapping(&rebuilt, "rebuilding");
+    let s = setup("rebuild_same", TYPES_DDL, "", &["streaming", "rebuilding"], &tables).await;
+    let mut cdc = s.run();
+    s.db.exec(THINGS_ROWS).await;
+    s.db.exec("UPDATE things SET kind = 'c' WHERE id % 10 = 1; UPDATE things SET kind = 'a', name = 'moved in' WHERE id % 10 = 2 AND kind = 'c'; DELETE FROM things WHERE id % 25 = 0")
+        .await;
+    let lsn = s.db.current_wal_lsn().await;
+    s.db.wait_confirmed_flush(&s.db.name, lsn, Duration::from_secs(120))
+        .await;
+    cdc.sigterm();
+
+    // Only the rebuild writes the second index from here on.
+    for index in alias_targets(&node, &rebuilt).await {
+        let (status, body) = http(reqwest::Method::DELETE, &format!("{node}/{index}"), None).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    s.rebuild("public.things", &["--sink", "rebuilding", "--parallel", "2"]);
+
+    let expected_ids =
+        s.db.query_one_i64("SELECT count(*) FROM things WHERE kind IN ('a', 'b')")
+            .await;
+    let streamed_docs = raw_docs(&node, &streamed).await;
+    let rebuilt_docs = raw_docs(&node, &rebuilt).await;
+    assert_eq!(
+        streamed_docs.len() as i64,
+        expected_ids,
+        "the stream indexed every matching row"
+    );
+    assert_eq!(
+        streamed_docs.keys().collect::<Vec<_>>(),
+        rebuilt_docs.keys().collect::<Vec<_>>(),
+        "same ids"
+    );
+    for (id, doc) in &streamed_docs {
+        assert_eq!(doc, &rebuilt_docs[id], "document {id} differs");
+    }
+    let sample = &streamed_docs["2"];
+    assert!(
+        !sample.contains("secret") && sample.contains("\"name\":\"moved in\""),
+        "{sample}"
+    );
+    let verified = s.cdc(&["verify", "--all"]);
+    assert!(
+        verified.status.success(),
+        "{}\n{}",
+        stdout_of(&verified),
+        stderr_of(&verified)
+    );
+}
+
+/// `cdc run` stopped while the rebuild runs and the writer keeps writing; started afterwards, it
+/// writes what the rebuild did not apply through the alias into the new index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rebuild_while_cdc_run_is_stopped_is_completed_by_cdc_run_afterwards() {
+    let _serial = support::serial();
+    let node = node_url();
+    let alias = support::unique_name("rb_stopped");
+    let s = setup(
+        "rebuild_stopped",
+        EVENTS_DDL,
+        &events_load(20_000),
+        &["search"],
+        &events_mapping(&alias, "search"),
+    )
+    .await;
+    let mut cdc = s.run();
+    s.db.exec("UPDATE events SET n = n + 1 WHERE id < 100").await;
+    let lsn = s.db.current_wal_lsn().await;
+    s.db.wait_confirmed_flush(&s.db.name, lsn, Duration::from_secs(60))
+        .await;
+    cdc.sigterm();
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(s.db.url.clone(), 20_000, true, stop.clone());
+    s.rebuild("public.events", &["--parallel", "2"]);
+    stop.store(true, Ordering::Relaxed);
+    assert!(writer.await.unwrap() > 20);
+    // Changes after the rebuild's last position are for cdc run alone.
+    s.db.exec("INSERT INTO events (state, title) VALUES ('published', 'after'); UPDATE events SET title = 'after' WHERE id = 3; DELETE FROM events WHERE id = 4; UPDATE events SET id = 2000000000 WHERE id = 6")
+        .await;
+
+    let mut cdc = s.run();
+    assert_index_equals_table(&node, &alias, &s.db, EVENTS_EXPECTED, Duration::from_secs(120)).await;
+    let verified = s.verify("public.events");
+    assert!(
+        verified.status.success(),
+        "{}\n{}",
+        stdout_of(&verified),
+        stderr_of(&verified)
+    );
+    cdc.sigterm();
+}
+
+/// Searches on the alias during a rebuild (with `cdc run` streaming an insert/update writer)
+/// never fail and never count fewer documents than before the rebuild started.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn searches_on_the_alias_never_fail_nor_shrink_during_a_rebuild() {
+    let _serial = support::serial();
+    let node = node_url();
+    let alias = support::unique_name("rb_search");
+    let s = setup(
+        "rebuild_search",
+        EVENTS_DDL,
+        &events_load(30_000),
+        &["search"],
+        &events_mapping(&alias, "search"),
+    )
+    .await;
+    s.rebuild("public.events", &[]);
+    let mut cdc = s.run();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = spawn_writer(s.db.url.clone(), 30_000, false, stop.clone());
+
+    let count_url = format!("{node}/{alias}/_count");
+    let (status, body) = http(reqwest::Method::GET, &count_url, None).await;
+    assert_eq!(status, 200, "{body}");
+    let before = body["count"].as_u64().unwrap();
+    assert!(before >= 24_000, "the first build indexed the table ({before})");
+    let searching = Arc::new(AtomicBool::new(true));
+    let searcher = {
+        let searching = searching.clone();
+        tokio::spawn(async move {
+            let mut counts = Vec::new();
+            while searching.load(Ordering::Relaxed) {
+                let (status, body) = http(reqwest::Method::GET, &count_url, None).await;
+                counts.push((status, body["count"].as_u64()));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            counts
+        })
+    };
+    let out = s.rebuild("public.events", &["--parallel", "2"]);
+    searching.store(false, Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+    let counts = searcher.await.unwrap();
+    assert!(
+        counts.len() > 20,
+        "the searches ran during the rebuild ({})",
+        counts.len()
+    );
+    for (status, count) in &counts {
+        assert_eq!(*status, 200, "a search failed during the rebuild");
+        assert!(
+            count.is_some_and(|c| c >= before),
+            "a search saw {count:?} documents, fewer than the {before} before the rebuild; {}",
+            stdout_of(&out)
+        );
+    }
+    assert_index_equals_table(&node, &alias, &s.db, EVENTS_EXPECTED, Duration::from_secs(120)).await;
+    cdc.sigterm();
+}
+
+/// Waits until the rebuild of `alias` has created its index (one not in `earlier`) and written
+/// documents to it; returns the index.
+async fn wait_for_copy(node: &str, alias: &str, rebuild: &mut CdcProcess, earlier: &[String]) -> String {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            rebuild.is_running(),
+            "the rebuild ended before it was interrupted\n{}",
+            rebuild.report()
+        );
+        let building = alias_targets(node, &format!("{alias}.rebuild")).await;
+        if let Some(index) = building.iter().find(|i| !earlier.contains(i)) {
+            http(reqwest::Method::POST, &format!("{node}/{index}/_refresh"), None).await;
+            let (status, body) = http(reqwest::Method::GET, &format!("{node}/{index}/_count"), None).await;
+            if status == 200 && body["count"].as_u64().is_some_and(|c| c > 0) {
+                return index.clone();
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no documents copied within 2 minutes\n{}",
+            rebuild.report()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// kill -9, then SIGINT, in the copy phase: each time the old index keeps serving, intact, and
+/// the temporary slot disappears; the next rebuild removes the half-built index (and says so),
+/// succeeds, and leaves no stray index or slot. What a kill right after the swap leaves (the
+/// private aliases) is set up by hand, as the window is too short to hit reliably.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_rebuild_leaves_the_old_index_serving_and_the_next_one_cleans_up() {
+    let _serial = support::serial();
+    let node = node_url();
+    let alias = support::unique_name("rb_kill");
+    let s = setup(
+        "rebuild_kill",
+        EVENTS_DDL,
+        &events_load(40_000),
+        &["search"],
+        &events_mapping(&alias, "search"),
+    )
+    .await;
+    s.rebuild("public.events", &[]);
+    let old = alias_targets(&node, &alias).await;
+    let before = raw_docs(&node, &alias).await;
+    assert_eq!(before.len(), 32_000);
+
+    let slow = [
+        "--config",
+        &s.config,
+        "rebuild-index",
+        "--table",
+        "public.events",
+        "--parallel",
+        "1",
+        "--batch-size",
+        "50",
+    ];
+    let mut left = Vec::new();
+    for signal in [libc::SIGKILL, libc::SIGINT] {
+        let mut rebuild = CdcProcess::start(&slow, LOG_ENV);
+        left.push(wait_for_copy(&node, &alias, &mut rebuild, &left).await);
+        rebuild.signal(signal);
+        rebuild.wait_exit(Duration::from_secs(30));
+        assert_eq!(alias_targets(&node, &alias).await, old, "the old index still serves");
+        assert_eq!(raw_docs(&node, &alias).await, before, "the old index is intact");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while rebuild_slots(&s.db).await > 0 {
+            assert!(Instant::now() < deadline, "the temporary slot outlived its session");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        if signal == libc::SIGINT {
+            assert!(
+                rebuild
+                    .stderr_text()
+                    .contains(&format!("removing the half-built index {}", left[0])),
+                "the second run removed what the first left: {}",
+                rebuild.stderr_text()
+            );
+        }
+    }
+    // What a rebuild killed right after its swap leaves: the serving index still behind the
+    // private alias, and the swapped-out index behind `<alias>.retired`.
+    let swapped_out = format!("{alias}_swapped_out");
+    let (status, body) = http(
+        reqwest::Method::PUT,
+        &format!("{node}/{swapped_out}"),
+        Some(json!({"aliases": {format!("{alias}.retired"): {}}})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = http(
+        reqwest::Method::POST,
+        &format!("{node}/_aliases"),
+        Some(json!({"actions": [{"add": {"index": old[0], "alias": format!("{alias}.rebuild")}}]})),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let out = s.rebuild("public.events", &[]);
+    let log = stderr_of(&out);
+    assert!(
+        log.contains(&format!("removing the half-built index {}", left[1])),
+        "{log}"
+    );
+    assert!(
+        log.contains("removing the old index(es)") && log.contains(&swapped_out),
+        "{log}"
+    );
+    assert!(
+        !log.contains(&format!("removing the half-built index {}", old[0])),
+        "{log}"
+    );
+    let now = alias_targets(&node, &alias).await;
+    assert_eq!(indexes_named(&node, &alias).await, now, "no stray index: {now:?}");
+    assert_eq!(rebuild_slots(&s.db).await, 0);
+    assert_index_equals_table(&node, &alias, &s.db, EVENTS_EXPECTED, Duration::from_secs(30)).await;
+}
+
+/// A truncate and a new column while the copy runs (both wait for the copy's lock, so they
+/// commit during the catch-up): the rebuild starts over from a new snapshot, and the index ends
+/// equal to the table, the new column in its documents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncate_and_an_added_column_during_a_rebuild_end_in_an_index_equal_to_the_table() {
+    let _serial = support::serial();
+    let node = node_url();
+    let alias = support::unique_name("rb_truncate");
+    let s = setup(
+        "rebuild_truncate",
+        EVENTS_DDL,
+        &events_load(20_000),
+        &["search"],
+        &events_mapping(&alias, "search").replace(
+            "columns = [\"id\", \"state\", \"title\", \"n\", \"price\", \"at\"]",
+            "exclude_columns = [\"secret\"]",
+        ),
+    )
+    .await;
+    let mut rebuild = CdcProcess::start(
+        &[
+            "--config",
+            &s.config,
+            "rebuild-index",
+            "--table",
+            "public.events",
+            "--parallel",
+            "1",
+            "--batch-size",
+            "50",
+        ],
+        LOG_ENV,
+    );
+    wait_for_copy(&node, &alias, &mut rebuild, &[]).await;
+    // Blocks until the copy ends (its transaction holds the table's ACCESS SHARE lock).
+    s.db.exec(
+        "BEGIN; TRUNCATE events; ALTER TABLE events ADD COLUMN extra text DEFAULT 'x';
+         INSERT INTO events (state, title, n, price, at, secret, extra) SELECT 'published', 'after ' || g, g, 1.00, now(), 's', 'e' || g FROM generate_series(1, 300) g;
+         COMMIT;",
+    )
+    .await;
+    let status = rebuild.wait_exit(Duration::from_secs(240));
+    assert!(status.success(), "{}", rebuild.report());
+    assert!(
+        rebuild
+            .stderr_text()
+            .contains("truncated during the rebuild: starting over"),
+        "{}",
+        rebuild.report()
+    );
+    let expected = "SELECT id::text, (to_jsonb(e) - 'secret' || jsonb_build_object('at', replace((at AT TIME ZONE 'UTC')::text, ' ', 'T') || 'Z'))::text \
+                    FROM events e WHERE state = 'published'";
+    assert_index_equals_table(&node, &alias, &s.db, expected, Duration::from_secs(30)).await;
+    let docs = index_docs(&node, &alias).await;
+    assert_eq!(docs.len(), 300);
+    assert!(docs
+        .values()
+        .all(|d| d["extra"].as_str().is_some_and(|e| e.starts_with('e'))));
+    let verified = s.verify("public.events");
+    assert!(
+        verified.status.success(),
+        "{}\n{}",
+        stdout_of(&verified),
+        stderr_of(&verified)
+    );
+}
