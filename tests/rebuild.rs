@@ -654,7 +654,15 @@ async fn an_interrupted_rebuild_leaves_the_old_index_serving_and_the_next_one_cl
         let mut rebuild = CdcProcess::start(&slow, LOG_ENV);
         left.push(wait_for_copy(&node, &alias, &mut rebuild, &left).await);
         rebuild.signal(signal);
-        rebuild.wait_exit(Duration::from_secs(30));
+        let status = rebuild.wait_exit(Duration::from_secs(30));
+        assert!(!status.success(), "the rebuild was interrupted");
+        if signal == libc::SIGINT {
+            assert!(
+                rebuild.stderr_text().contains("interrupted by SIGINT"),
+                "{}",
+                rebuild.report()
+            );
+        }
         assert_eq!(alias_targets(&node, &alias).await, old, "the old index still serves");
         assert_eq!(raw_docs(&node, &alias).await, before, "the old index is intact");
         let deadline = Instant::now() + Duration::from_secs(60);
