@@ -829,3 +829,36 @@ async fn a_truncate_and_an_added_column_during_a_rebuild_end_in_an_index_equal_t
         stderr_of(&verified)
     );
 }
+
+/// `--help` describes both commands with examples; a selection that names nothing to rebuild
+/// is an error that says what is mapped, before anything is touched.
+#[test]
+fn the_commands_explain_themselves_and_refuse_an_empty_selection() {
+    for cmd in ["rebuild-index", "verify"] {
+        let out = support::cdc(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd} --help");
+        let text = stdout_of(&out);
+        assert!(
+            text.contains("Examples:") && text.contains("--table") && text.contains("--all"),
+            "{text}"
+        );
+    }
+    let dir = support::temp_dir();
+    let config = write_config(
+        dir.path(),
+        "[source]\nurl = \"postgres://nobody@127.0.0.1:1/none\"\n\n[sinks.search]\ntype = \"elasticsearch\"\nurl = \"http://127.0.0.1:1\"\n\n[[tables]]\ntable = \"events\"\nsinks = [\"search\"]\n",
+    );
+    let config = config.to_str().unwrap();
+    let out = support::cdc(&["--config", config, "rebuild-index", "--table", "public.other"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains(
+            "no [[tables]] mapping sends public.other to a search sink; mapped to search sinks: public.events"
+        ),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = support::cdc(&["--config", config, "verify"]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("--table"), "{}", stderr_of(&out));
+}
