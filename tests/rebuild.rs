@@ -412,6 +412,52 @@ async fn verify_reports_a_missing_an_extra_and_a_modified_document_and_exits_1()
     assert!(text.contains("missing (1), e.g.: 1\n"), "{text}");
     assert!(text.contains("extra (1), e.g.: 999999\n"), "{text}");
     assert!(text.contains("different (1), e.g.: 7: title\n"), "{text}");
+
+    // A sample at least as large as both sides finds the same three, whatever it draws.
+    let sampled = s.cdc(&["verify", "--table", "public.events", "--sample", "5000"]);
+    let text = stdout_of(&sampled);
+    assert_eq!(sampled.status.code(), Some(1), "{text}\n{}", stderr_of(&sampled));
+    assert!(text.contains("missing 1, extra 1, different 1"), "{text}");
+    let small = s.cdc(&["verify", "--table", "public.events", "--sample", "10"]);
+    assert!(
+        stdout_of(&small).contains(": 10 rows, 10 documents;"),
+        "{}",
+        stdout_of(&small)
+    );
+}
+
+/// A partitioned table, mapped by its parent: the copy reads each leaf partition, and the
+/// rebuilt index equals the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_table_is_rebuilt_from_all_its_partitions() {
+    let _serial = support::serial();
+    let node = node_url();
+    let alias = support::unique_name("rb_parts");
+    let s = setup(
+        "rebuild_parts",
+        "CREATE TABLE measures (id int NOT NULL, region text NOT NULL, value numeric, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+         CREATE TABLE measures_eu PARTITION OF measures FOR VALUES IN ('eu');
+         CREATE TABLE measures_us PARTITION OF measures FOR VALUES IN ('us');",
+        "INSERT INTO measures SELECT g, CASE WHEN g % 2 = 0 THEN 'eu' ELSE 'us' END, g / 4.0 FROM generate_series(1, 5000) g;",
+        &["search"],
+        &format!("[[tables]]\ntable = \"measures\"\nsinks = [\"search\"]\nindex = \"{alias}\"\n"),
+    )
+    .await;
+    let out = s.rebuild("public.measures", &["--parallel", "3"]);
+    assert!(
+        stdout_of(&out).contains("public.measures: 5000 rows, 5000 documents"),
+        "{}",
+        stdout_of(&out)
+    );
+    let expected = "SELECT id || ':' || region, jsonb_build_object('id', id, 'region', region, 'value', value)::text FROM measures";
+    assert_index_equals_table(&node, &alias, &s.db, expected, Duration::from_secs(30)).await;
+    let verified = s.verify("public.measures");
+    assert!(
+        verified.status.success(),
+        "{}\n{}",
+        stdout_of(&verified),
+        stderr_of(&verified)
+    );
 }
 
 /// A table of many types, under a projection (a column left out) and a filter.
@@ -657,7 +703,15 @@ async fn an_interrupted_rebuild_leaves_the_old_index_serving_and_the_next_one_cl
         let mut rebuild = CdcProcess::start(&slow, LOG_ENV);
         left.push(wait_for_copy(&node, &alias, &mut rebuild, &left).await);
         rebuild.signal(signal);
-        rebuild.wait_exit(Duration::from_secs(30));
+        let status = rebuild.wait_exit(Duration::from_secs(30));
+        assert!(!status.success(), "the rebuild was interrupted");
+        if signal == libc::SIGINT {
+            assert!(
+                rebuild.stderr_text().contains("interrupted by SIGINT"),
+                "{}",
+                rebuild.report()
+            );
+        }
         assert_eq!(alias_targets(&node, &alias).await, old, "the old index still serves");
         assert_eq!(raw_docs(&node, &alias).await, before, "the old index is intact");
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -777,4 +831,37 @@ async fn a_truncate_and_an_added_column_during_a_rebuild_end_in_an_index_equal_t
         stdout_of(&verified),
         stderr_of(&verified)
     );
+}
+
+/// `--help` describes both commands with examples; a selection that names nothing to rebuild
+/// is an error that says what is mapped, before anything is touched.
+#[test]
+fn the_commands_explain_themselves_and_refuse_an_empty_selection() {
+    for cmd in ["rebuild-index", "verify"] {
+        let out = support::cdc(&[cmd, "--help"]);
+        assert!(out.status.success(), "{cmd} --help");
+        let text = stdout_of(&out);
+        assert!(
+            text.contains("Examples:") && text.contains("--table") && text.contains("--all"),
+            "{text}"
+        );
+    }
+    let dir = support::temp_dir();
+    let config = write_config(
+        dir.path(),
+        "[source]\nurl = \"postgres://nobody@127.0.0.1:1/none\"\n\n[sinks.search]\ntype = \"elasticsearch\"\nurl = \"http://127.0.0.1:1\"\n\n[[tables]]\ntable = \"events\"\nsinks = [\"search\"]\n",
+    );
+    let config = config.to_str().unwrap();
+    let out = support::cdc(&["--config", config, "rebuild-index", "--table", "public.other"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr_of(&out).contains(
+            "no [[tables]] mapping sends public.other to a search sink; mapped to search sinks: public.events"
+        ),
+        "{}",
+        stderr_of(&out)
+    );
+    let out = support::cdc(&["--config", config, "verify"]);
+    assert!(!out.status.success());
+    assert!(stderr_of(&out).contains("--table"), "{}", stderr_of(&out));
 }

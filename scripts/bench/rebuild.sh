@@ -83,7 +83,7 @@ curl -fsS -X DELETE "$node/bench_python" >/dev/null
 
 echo "== cdc rebuild-index --parallel $parallel"
 start=$(date +%s.%N)
-/usr/bin/time -f "%M" -o "$work/rss" "$cdc" --config "$work/cdc.toml" rebuild-index --table public.events \
+/usr/bin/time -f "%M %U %S" -o "$work/rss" "$cdc" --config "$work/cdc.toml" rebuild-index --table public.events \
   --parallel "$parallel" >"$work/summary" 2>"$work/cdc.log"
 wall=$(echo "$(date +%s.%N) - $start" | bc -l)
 count=$(curl -fsS "$node/bench_events/_count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])')
@@ -94,7 +94,8 @@ python_rate=$(echo "$python" | rate_of)
 direct_rate=$(echo "$direct" | rate_of)
 echo
 cat "$work/summary"
-printf "cdc rebuild-index, %d rows:    %8.0f rows/s  (%.1f s wall, peak RSS %d kB)\n" "$rows" "$cdc_rate" "$wall" "$(cat "$work/rss")"
+read -r rss user sys <"$work/rss"
+printf "cdc rebuild-index, %d rows:    %8.0f rows/s  (%.1f s wall, peak RSS %d kB, cdc CPU %.1f s)\n" "$rows" "$cdc_rate" "$wall" "$rss" "$(echo "$user + $sys" | bc -l)"
 printf "Python loader (psycopg+bulk):  %8.0f docs/s  (%.1f s)\n" "$python_rate" "$(echo "$python" | secs_of)"
 printf "node direct (parallel_bulk):   %8.0f docs/s  (%.1f s)\n" "$direct_rate" "$(echo "$direct" | secs_of)"
 printf "cdc / Python loader:           %8.2f\n" "$(echo "$cdc_rate / $python_rate" | bc -l)"

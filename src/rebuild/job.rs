@@ -228,6 +228,7 @@ impl Job<'_> {
         progress.finish();
         copied?;
         let copy_seconds = started.elapsed().as_secs_f64();
+        tracing::info!(table = %plan.table, rows = counters.rows.load(Ordering::Relaxed), "copy done: restoring refresh and replicas, catching up, then swapping the alias");
 
         indexes::make_searchable(service, new).await?;
         let now = mark(catalog, "caught-up").await?;
