@@ -430,27 +430,33 @@ async fn settle(shared: &Shared, actions: Vec<Action>, outcomes: Vec<Outcome>) -
 }
 
 /// Runs `op` until it succeeds, backing off, logging only when the state changes.
-pub async fn retry_forever<T, F, Fut>(health: &Health, what: &str, mut op: F) -> T
+pub async fn retry_forever<T, F, Fut>(health: &Health, what: &str, op: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    let mut attempt = 0u32;
-    loop {
-        match op().await {
-            Ok(value) => {
-                health.healthy();
-                return value;
-            }
-            Err(e) => health.failing(what, &format!("{what}: {e:#}")),
-        }
-        tokio::time::sleep(crate::retry::backoff(FIRST_RETRY, attempt)).await;
-        attempt = attempt.saturating_add(1);
+    match retry_until(health, what, |_| false, op).await {
+        Ok(value) => value,
+        Err(_) => unreachable!("an error that ends the retries is never given here"),
     }
 }
 
 /// [`retry_forever`], except that an [`Unrecoverable`](crate::retry::Unrecoverable) error is returned at once.
-async fn retry_unless_unfixable<T, F, Fut>(health: &Health, what: &str, mut op: F) -> anyhow::Result<T>
+async fn retry_unless_unfixable<T, F, Fut>(health: &Health, what: &str, op: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<T>>,
+{
+    retry_until(health, what, crate::retry::is_unrecoverable, op).await
+}
+
+/// Runs `op` until it succeeds or fails in a way `ends` says retrying cannot fix.
+async fn retry_until<T, F, Fut>(
+    health: &Health,
+    what: &str,
+    ends: impl Fn(&anyhow::Error) -> bool,
+    mut op: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
@@ -462,7 +468,7 @@ where
                 health.healthy();
                 return Ok(value);
             }
-            Err(e) if crate::retry::is_unrecoverable(&e) => return Err(e.context(what.to_string())),
+            Err(e) if ends(&e) => return Err(e.context(what.to_string())),
             Err(e) => health.failing(what, &format!("{what}: {e:#}")),
         }
         tokio::time::sleep(crate::retry::backoff(FIRST_RETRY, attempt)).await;
