@@ -10,99 +10,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
+use support::search::{assert_index_equals_table, http, index_docs, node_url, search_when_ready};
 use support::{new_database, write_config, CdcProcess, TestDb};
-
-/// Documents by id.
-type Docs = BTreeMap<String, Value>;
-
-fn node_url() -> String {
-    support::search_url()
-        .expect("CDC_TEST_SEARCH_URL is not set: run the tests with scripts/test.sh (it starts the search node)")
-}
-
-async fn http(method: reqwest::Method, url: &str, body: Option<Value>) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut request = client.request(method, url);
-    if let Some(body) = body {
-        request = request
-            .header("content-type", "application/json")
-            .body(body.to_string());
-    }
-    let response = request.send().await.unwrap_or_else(|e| panic!("{url}: {e}"));
-    let status = response.status().as_u16();
-    let bytes = response.bytes().await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(Value::Null))
-}
-
-/// Every document of `index` (an alias), after a refresh so the latest writes are visible.
-async fn index_docs(node: &str, index: &str) -> Docs {
-    let (status, _) = http(reqwest::Method::POST, &format!("{node}/{index}/_refresh"), None).await;
-    if status == 404 {
-        return Docs::new();
-    }
-    let (status, body) = search_when_ready(&format!("{node}/{index}/_search?size=10000")).await;
-    assert_eq!(status, 200, "searching {index}: {body}");
-    body["hits"]["hits"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|h| (h["_id"].as_str().unwrap().to_string(), h["_source"].clone()))
-        .collect()
-}
-
-/// GET `url`, again while the node answers 503 (a fresh index's shard, e.g. right after a
-/// truncate swapped the alias, is not active yet), for up to 30 s.
-async fn search_when_ready(url: &str) -> (u16, Value) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (status, body) = http(reqwest::Method::GET, url, None).await;
-        if status != 503 || Instant::now() >= deadline {
-            return (status, body);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The documents the table should produce: `sql` selects (id text, document jsonb).
-async fn table_docs(db: &TestDb, sql: &str) -> Docs {
-    db.query_text(sql)
-        .await
-        .into_iter()
-        .map(|row| {
-            (
-                row[0].clone().unwrap(),
-                serde_json::from_str(row[1].as_deref().unwrap()).unwrap(),
-            )
-        })
-        .collect()
-}
-
-/// Waits until the index equals what `sql` says the table holds; fails with the differences.
-async fn assert_index_equals_table(node: &str, index: &str, db: &TestDb, sql: &str, timeout: Duration) {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let expected = table_docs(db, sql).await;
-        let actual = index_docs(node, index).await;
-        if expected == actual {
-            return;
-        }
-        if Instant::now() >= deadline {
-            let missing: Vec<&String> = expected.keys().filter(|k| !actual.contains_key(*k)).collect();
-            let extra: Vec<&String> = actual.keys().filter(|k| !expected.contains_key(*k)).collect();
-            let differing: Vec<(&String, &Value, &Value)> = expected
-                .iter()
-                .filter_map(|(k, v)| actual.get(k).filter(|a| *a != v).map(|a| (k, v, a)))
-                .take(5)
-                .collect();
-            panic!(
-                "index {index} differs from the table after {timeout:?}: {} expected, {} indexed; missing {missing:?}; extra {extra:?}; differing (id, table, index) {differing:?}",
-                expected.len(),
-                actual.len()
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
 
 struct Setup {
     db: TestDb,
@@ -822,8 +731,8 @@ async fn raw_docs(node: &str, index: &str) -> BTreeMap<String, (u64, String)> {
         return BTreeMap::new();
     }
     let url = format!("{node}/{index}/_search?size=1000&version=true");
-    search_when_ready(&url).await;
-    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let (status, text) = search_when_ready(&url, json!({})).await;
+    assert_eq!(status, 200, "{url}: {text:.300}");
     let search: Search = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}: {text:.300}"));
     search
         .hits

@@ -29,6 +29,7 @@
 
 pub mod proxy;
 pub mod receiver;
+pub mod search;
 
 use std::collections::VecDeque;
 use std::fs::{self, File, OpenOptions};
