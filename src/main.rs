@@ -38,6 +38,10 @@ struct Cli {
     #[arg(long, short, global = true, env = "CDC_CONFIG", default_value = "cdc.toml")]
     config: PathBuf,
 
+    /// Log lines as text or as one JSON object each (overrides `[log] format`).
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -110,18 +114,32 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("starting the async runtime")
 }
 
+/// Logs to stderr: text, or one JSON object per line (`timestamp`, `level`, `fields.message`,
+/// the other fields, `target`) for log collectors.
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cdc=info,warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cdc=info,warn")),
-        )
-        .init();
-
-    let config = match config::load(&cli.config) {
+    let config = config::load(&cli.config);
+    // The file may ask for JSON logs, so logging starts once it is read; its own errors are
+    // printed as they are (one per line, file:line first).
+    let json = match cli.log_format.as_deref() {
+        Some(format) => format == "json",
+        None => config.as_ref().is_ok_and(|c| c.log_json),
+    };
+    init_logging(json);
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");

@@ -1,0 +1,214 @@
+//! The admin server of `cdc run` over real HTTP: `/health`, `/metrics` (parsed as Prometheus
+//! text), `/ready` (streaming, sinks ok / retrying / stalled), and JSON logs.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// GET `url`: (status, body). A refused connection is status 0 (the server is not up yet).
+async fn get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+async fn ready(base: &str) -> (u16, Value) {
+    let (status, body) = get(&format!("{base}/ready")).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// The samples of one scrape of `/metrics`.
+async fn scrape(base: &str) -> Vec<prometheus_parse::Sample> {
+    let (status, body) = get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200, "/metrics answered {status}: {body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines)
+        .unwrap_or_else(|e| panic!("/metrics is not Prometheus text ({e}):\n{body}"))
+        .samples
+}
+
+/// The value of the sample `name` whose labels include all of `labels`.
+fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+/// Polls `/ready` until `pred` holds on (status, body); panics with the last answer after `timeout`.
+async fn wait_ready(base: &str, timeout: Duration, what: &str, pred: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) = ready(base).await;
+        if pred(status, &body) {
+            return (status, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/ready never showed {what} within {timeout:?}; last: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_health_and_ready_follow_a_run() {
+    let port = support::free_port();
+    let setup = support::stdout_setup(
+        "admin_metrics",
+        "CREATE TABLE items (id int PRIMARY KEY, title text)",
+        &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n[[tables]]\ntable = \"items\"\nsinks = [\"out\"]"),
+    )
+    .await;
+    let mut cdc = support::CdcProcess::start(&["--config", &setup.config, "--log-format", "json", "run"], &[]);
+    let base = format!("http://127.0.0.1:{port}");
+
+    let (_, body) = wait_ready(&base, Duration::from_secs(60), "ready", |s, _| s == 200).await;
+    assert_eq!(body["source"]["status"], "streaming", "{body}");
+    assert_eq!(body["sinks"][0]["name"], "out", "{body}");
+    assert_eq!(body["sinks"][0]["status"], "ok", "{body}");
+    assert_eq!(get(&format!("{base}/health")).await, (200, "ok\n".to_string()));
+
+    let db = &setup.db;
+    db.exec("INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c')").await;
+    db.exec("UPDATE items SET title = 'z' WHERE id = 2").await;
+    db.exec("DELETE FROM items WHERE id = 3").await;
+    let events = cdc.next_events(5, Duration::from_secs(60));
+    let last_lsn = support::parse_lsn(events[4]["lsn"].as_str().unwrap()) as f64;
+
+    // The counters are bumped as the events pass; the confirmed position follows within the
+    // stream's 200 ms tick; the slot probe reads the catalog every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let samples = loop {
+        let samples = scrape(&base).await;
+        let table = |op| {
+            value(
+                &samples,
+                "cdc_source_events_total",
+                &[("table", "public.items"), ("op", op)],
+            )
+        };
+        let done = table("create") == Some(3.0)
+            && table("update") == Some(1.0)
+            && table("delete") == Some(1.0)
+            && value(&samples, "cdc_sink_events_total", &[("sink", "out")]) == Some(5.0)
+            && value(&samples, "cdc_sink_acknowledged_lsn", &[("sink", "out")]).is_some_and(|v| v > last_lsn)
+            && value(&samples, "cdc_source_confirmed_lsn", &[]).is_some_and(|v| v > last_lsn)
+            && value(&samples, "cdc_source_retained_wal_bytes", &[]).is_some_and(|v| v > 0.0);
+        if done {
+            break samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics never showed the 5 changes acknowledged and confirmed past {last_lsn}:\n{samples:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(value(&samples, "cdc_source_connected", &[]), Some(1.0));
+    assert_eq!(value(&samples, "cdc_source_reconnects_total", &[]), Some(0.0));
+    assert_eq!(
+        value(&samples, "cdc_sink_dead_letters_total", &[("sink", "out")]),
+        Some(0.0)
+    );
+    assert!(
+        value(&samples, "cdc_source_received_lsn", &[]).is_some_and(|v| v > last_lsn),
+        "{samples:#?}"
+    );
+
+    let (status, body) = ready(&base).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sinks"][0]["status"], "ok", "{body}");
+    assert_eq!(body["problems"], serde_json::json!([]), "{body}");
+
+    let status = cdc.sigterm();
+    assert!(status.success(), "cdc run exited with {status}:\n{}", cdc.stderr_text());
+    // --log-format json: every line cdc logged is one JSON object with a level and a message.
+    let stderr = cdc.stderr_text();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "too few log lines:\n{stderr}");
+    for line in &lines {
+        let parsed: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}\n{stderr}"));
+        assert!(
+            parsed["level"].is_string() && parsed["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("admin server on http://127.0.0.1")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
+    let db = support::new_database("admin_stall").await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, title text)").await;
+    let port = support::free_port();
+    let dead = support::free_port();
+    let dir = support::temp_dir();
+    let toml = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n\
+         [sinks.search]\ntype = \"elasticsearch\"\nurl = \"http://127.0.0.1:{dead}\"\nflush_interval = \"100ms\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{port}\"\nstall_after = \"5s\"\n\n\
+         [[tables]]\ntable = \"items\"\nsinks = [\"search\"]\n",
+        url = db.url,
+        name = db.name,
+    );
+    let config = support::write_config(dir.path(), &toml);
+    let config = config.to_str().unwrap();
+    let setup = support::cdc(&["--config", config, "setup"]);
+    assert!(setup.status.success(), "{}", support::stderr_of(&setup));
+    let mut cdc = support::CdcProcess::start(&["--config", config, "run"], &[]);
+    let base = format!("http://127.0.0.1:{port}");
+
+    // Nothing to deliver yet: ready, although the node is down.
+    let (_, body) = wait_ready(&base, Duration::from_secs(60), "ready", |s, _| s == 200).await;
+    assert_eq!(body["sinks"][0]["status"], "ok", "{body}");
+
+    db.exec("INSERT INTO items VALUES (1, 'a')").await;
+    // The sink fails and retries: "retrying", still ready until stall_after (5 s) passes
+    // without an acknowledgement.
+    let (_, body) = wait_ready(&base, Duration::from_secs(30), "the sink retrying", |_, b| {
+        b["sinks"][0]["status"] != "ok"
+    })
+    .await;
+    assert_eq!(body["sinks"][0]["status"], "retrying", "{body}");
+    let error = body["sinks"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains(&format!("127.0.0.1:{dead}")), "{body}");
+
+    let (status, body) = wait_ready(&base, Duration::from_secs(60), "the sink stalled", |s, _| s == 503).await;
+    assert_eq!(status, 503);
+    assert_eq!(body["sinks"][0]["status"], "stalled", "{body}");
+    assert!(body["sinks"][0]["pending_seconds"].as_f64().unwrap() >= 5.0, "{body}");
+    let problems = body["problems"].to_string();
+    assert!(
+        problems.contains("sink search: stalled") && problems.contains(&format!("127.0.0.1:{dead}")),
+        "the problem names the sink and its last error: {body}"
+    );
+
+    let samples = scrape(&base).await;
+    assert!(
+        value(&samples, "cdc_sink_retries_total", &[("sink", "search")]).is_some_and(|v| v >= 1.0),
+        "{samples:#?}"
+    );
+    assert_eq!(
+        value(&samples, "cdc_sink_events_total", &[("sink", "search")]),
+        Some(0.0)
+    );
+    let acked = value(&samples, "cdc_sink_acknowledged_lsn", &[("sink", "search")]).unwrap();
+    let received = value(&samples, "cdc_source_received_lsn", &[]).unwrap();
+    assert!(acked < received, "acknowledged {acked} is behind received {received}");
+    cdc.kill9();
+}
