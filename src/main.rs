@@ -50,7 +50,7 @@ struct Cli {
 enum Command {
     /// Run the daemon: stream the slot to the sinks until SIGINT/SIGTERM.
     #[command(
-        after_help = "Example:\n  cdc run --config cdc.toml\n\nLogs go to stderr (RUST_LOG=cdc=debug for more); the stdout sink writes events to stdout.\nOn SIGINT/SIGTERM cdc stops reading, lets sinks deliver what they hold, confirms the final position and exits 0;\nit exits 1 when a sink failed or did not deliver everything it received, or the final position was not confirmed."
+        after_help = "Example:\n  cdc run --config cdc.toml\n\nLogs go to stderr (RUST_LOG=cdc=debug for more); the stdout sink writes events to stdout.\nOn SIGINT/SIGTERM cdc stops reading, lets sinks deliver what they hold, confirms the final position and exits 0;\nit exits 1 when a sink failed or did not deliver everything it received, or the final position was not confirmed;\nit exits 3 when Postgres invalidated the replication slot (the message gives the way back: cdc setup --recreate-slot, then cdc rebuild-index --all)."
     )]
     Run {
         /// Exit once the stream reaches this LSN (e.g. 0/1A2B3C4D, from SELECT pg_current_wal_lsn()):
@@ -77,6 +77,11 @@ enum Command {
         /// exact list of changed columns. Repeatable.
         #[arg(long, value_name = "TABLE")]
         replica_identity_full: Vec<String>,
+        /// Drop a slot Postgres invalidated (wal_status lost, `cdc run` exited 3) and create it
+        /// again: streaming resumes from now; prints the gap receivers missed. Refused for a
+        /// healthy slot.
+        #[arg(long)]
+        recreate_slot: bool,
     },
     /// Drop the replication slot (and say how much WAL it was holding); stop `cdc run` first.
     #[command(after_help = "Example:\n  cdc teardown --drop-publication")]
@@ -151,9 +156,12 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { stop_at } => commands::run::run(config, stop_at).await.map(|_| 0),
             Command::Check { send_test } => commands::check::run(&config, send_test).await,
-            Command::Setup { replica_identity_full } => {
-                commands::setup::run(&config, &replica_identity_full).await.map(|_| 0)
-            }
+            Command::Setup {
+                replica_identity_full,
+                recreate_slot,
+            } => commands::setup::run(&config, &replica_identity_full, recreate_slot)
+                .await
+                .map(|_| 0),
             Command::Teardown { drop_publication } => {
                 commands::teardown::run(&config, drop_publication).await.map(|_| 0)
             }
@@ -168,7 +176,13 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A lost slot is told apart: supervisors must not restart into it, and scripts can
+            // run the way back the message gives.
+            if e.chain().any(|c| c.is::<cdc::source::errors::SlotLost>()) {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
