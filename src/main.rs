@@ -83,6 +83,16 @@ enum Command {
         #[arg(long)]
         recreate_slot: bool,
     },
+    /// Show the slot, each sink's dead letters and outbox, and (when `cdc run` answers on
+    /// `[admin] listen`) its live state; works with the daemon down.
+    #[command(
+        after_help = "Examples:\n  cdc status\n  cdc status --json\n\nExit status 0 when the slot exists and is not lost and cdc run, when it answers, is ready; 1 otherwise."
+    )]
+    Status {
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
+    },
     /// Drop the replication slot (and say how much WAL it was holding); stop `cdc run` first.
     #[command(after_help = "Example:\n  cdc teardown --drop-publication")]
     Teardown {
@@ -162,6 +172,7 @@ fn main() -> ExitCode {
             } => commands::setup::run(&config, &replica_identity_full, recreate_slot)
                 .await
                 .map(|_| 0),
+            Command::Status { json } => commands::status::run(&config, json).await,
             Command::Teardown { drop_publication } => {
                 commands::teardown::run(&config, drop_publication).await.map(|_| 0)
             }

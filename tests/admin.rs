@@ -131,8 +131,34 @@ async fn metrics_health_and_ready_follow_a_run() {
     assert_eq!(body["sinks"][0]["status"], "ok", "{body}");
     assert_eq!(body["problems"], serde_json::json!([]), "{body}");
 
+    // cdc status: the slot from Postgres, the live figures from the running daemon.
+    let out = support::cdc(&["--config", &setup.config, "status"]);
+    let text = support::stdout_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", support::stderr_of(&out));
+    assert!(
+        text.contains(&format!("slot {}: in use, wal_status reserved", db.name)),
+        "{text}"
+    );
+    assert!(text.contains("sink out (stdout): 0 dead letters"), "{text}");
+    assert!(text.contains("cdc run: ready; source streaming"), "{text}");
+    assert!(text.contains("  sink out: ok, acknowledged "), "{text}");
+    let out = support::cdc(&["--config", &setup.config, "status", "--json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).expect("cdc status --json prints JSON");
+    assert_eq!(json["live"]["ready"], true, "{json}");
+    assert_eq!(json["slot"]["active"], true, "{json}");
+    assert_eq!(json["sinks"][0]["dead_letters"], 0, "{json}");
+
     let status = cdc.sigterm();
     assert!(status.success(), "cdc run exited with {status}:\n{}", cdc.stderr_text());
+    // With the daemon down, status still reads the slot.
+    let out = support::cdc(&["--config", &setup.config, "status"]);
+    let text = support::stdout_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("not in use (cdc run is not streaming)"), "{text}");
+    assert!(
+        text.contains("cdc run: no live figures: cdc run is not answering on"),
+        "{text}"
+    );
     // --log-format json: every line cdc logged is one JSON object with a level and a message.
     let stderr = cdc.stderr_text();
     let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
@@ -159,7 +185,7 @@ async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
     let dead = support::free_port();
     let dir = support::temp_dir();
     let toml = format!(
-        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n\
+        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\nwarn_retained_wal = \"1B\"\nmax_retained_wal = \"1B\"\n\n\
          [sinks.search]\ntype = \"elasticsearch\"\nurl = \"http://127.0.0.1:{dead}\"\nflush_interval = \"100ms\"\n\n\
          [admin]\nlisten = \"127.0.0.1:{port}\"\nstall_after = \"5s\"\n\n\
          [[tables]]\ntable = \"items\"\nsinks = [\"search\"]\n",
@@ -173,8 +199,12 @@ async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
     let mut cdc = support::CdcProcess::start(&["--config", config, "run"], &[]);
     let base = format!("http://127.0.0.1:{port}");
 
-    // Nothing to deliver yet: ready, although the node is down.
-    let (_, body) = wait_ready(&base, Duration::from_secs(60), "ready", |s, _| s == 200).await;
+    // Nothing to deliver yet: the sink is ok although the node is down. (Not necessarily ready:
+    // other tests' writes may already count as WAL the slot holds, over max_retained_wal = 1B.)
+    let (_, body) = wait_ready(&base, Duration::from_secs(60), "streaming", |_, b| {
+        b["source"]["status"] == "streaming"
+    })
+    .await;
     assert_eq!(body["sinks"][0]["status"], "ok", "{body}");
 
     db.exec("INSERT INTO items VALUES (1, 'a')").await;
@@ -188,7 +218,10 @@ async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
     let error = body["sinks"][0]["error"].as_str().unwrap_or_default().to_string();
     assert!(error.contains(&format!("127.0.0.1:{dead}")), "{body}");
 
-    let (status, body) = wait_ready(&base, Duration::from_secs(60), "the sink stalled", |s, _| s == 503).await;
+    let (status, body) = wait_ready(&base, Duration::from_secs(60), "the sink stalled", |_, b| {
+        b["sinks"][0]["status"] == "stalled"
+    })
+    .await;
     assert_eq!(status, 503);
     assert_eq!(body["sinks"][0]["status"], "stalled", "{body}");
     assert!(body["sinks"][0]["pending_seconds"].as_f64().unwrap() >= 5.0, "{body}");
@@ -196,6 +229,31 @@ async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
     assert!(
         problems.contains("sink search: stalled") && problems.contains(&format!("127.0.0.1:{dead}")),
         "the problem names the sink and its last error: {body}"
+    );
+
+    // The slot holds the insert's WAL at least: over max_retained_wal (/ready) and
+    // warn_retained_wal (the log), once the slot probe (every 5 s) has read it.
+    let (_, body) = wait_ready(&base, Duration::from_secs(60), "the retained WAL", |_, b| {
+        b["problems"].to_string().contains("more than max_retained_wal")
+    })
+    .await;
+    assert!(body["source"]["retained_wal_bytes"].as_i64().unwrap() > 1, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cdc.stderr_text().contains("more than warn_retained_wal (1 bytes)") {
+        assert!(
+            Instant::now() < deadline,
+            "no retained-WAL warning:\n{}",
+            cdc.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let out = support::cdc(&["--config", config, "status"]);
+    let text = support::stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "not ready: {text}");
+    assert!(
+        text.contains("cdc run: NOT ready") && text.contains("  sink search: stalled"),
+        "{text}"
     );
 
     let samples = scrape(&base).await;

@@ -4,5 +4,6 @@ pub mod check;
 pub mod dead_letters;
 pub mod run;
 pub mod setup;
+pub mod status;
 pub mod teardown;
 pub mod webhook;
