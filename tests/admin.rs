@@ -225,6 +225,8 @@ async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
     assert_eq!(status, 503);
     assert_eq!(body["sinks"][0]["status"], "stalled", "{body}");
     assert!(body["sinks"][0]["pending_seconds"].as_f64().unwrap() >= 5.0, "{body}");
+    // The insert was committed before the stall clock started; the lag is refreshed every 200 ms.
+    assert!(body["source"]["lag_seconds"].as_f64().unwrap() >= 4.5, "{body}");
     let problems = body["problems"].to_string();
     assert!(
         problems.contains("sink search: stalled") && problems.contains(&format!("127.0.0.1:{dead}")),
@@ -268,5 +270,97 @@ async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
     let acked = value(&samples, "cdc_sink_acknowledged_lsn", &[("sink", "search")]).unwrap();
     let received = value(&samples, "cdc_source_received_lsn", &[]).unwrap();
     assert!(acked < received, "acknowledged {acked} is behind received {received}");
+    cdc.kill9();
+}
+
+#[tokio::test]
+async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
+    let node = support::search_url()
+        .expect("CDC_TEST_SEARCH_URL is not set: run the tests with scripts/test.sh (it starts the search node)");
+    let ok = support::receiver::Receiver::start();
+    let gone = support::receiver::Receiver::start();
+    gone.answer(support::receiver::Answer::Status(410, None));
+    let db = support::new_database("admin_sinks").await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, title text)").await;
+    let port = support::free_port();
+    let dir = support::temp_dir();
+    let toml = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n\
+         [sinks.search]\ntype = \"elasticsearch\"\nurl = \"{node}\"\nflush_interval = \"100ms\"\n\n\
+         [sinks.hook]\ntype = \"webhook\"\nurl = \"{ok}\"\nbatch_max_wait = \"0\"\n\n\
+         [sinks.gone]\ntype = \"webhook\"\nurl = \"{gone}\"\nbatch_max_wait = \"0\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [[tables]]\ntable = \"items\"\nsinks = [\"search\", \"hook\", \"gone\"]\nindex = \"{name}\"\n",
+        url = db.url,
+        name = db.name,
+        ok = ok.url(),
+        gone = gone.url(),
+    );
+    let config = support::write_config(dir.path(), &toml);
+    let config = config.to_str().unwrap();
+    let setup = support::cdc(&["--config", config, "setup"]);
+    assert!(setup.status.success(), "{}", support::stderr_of(&setup));
+    let mut cdc = support::CdcProcess::start(&["--config", config, "run"], &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base, Duration::from_secs(60), "ready", |s, _| s == 200).await;
+
+    db.exec("INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 50) g")
+        .await;
+    let inserted = db.current_wal_lsn().await as f64;
+    ok.wait_for_events(50, Duration::from_secs(60));
+
+    // Every sink settled the 50 events: written to the index, delivered, or (410 Gone) stored
+    // as dead letters; each acknowledged the transaction.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let samples = loop {
+        let samples = scrape(&base).await;
+        let of = |name: &str, sink: &str| value(&samples, name, &[("sink", sink)]);
+        let done = of("cdc_sink_events_total", "search") == Some(50.0)
+            && of("cdc_sink_events_total", "hook") == Some(50.0)
+            && of("cdc_sink_dead_letters_total", "gone") == Some(50.0)
+            && ["search", "hook", "gone"]
+                .iter()
+                .all(|s| of("cdc_sink_acknowledged_lsn", s).is_some_and(|v| v >= inserted));
+        if done {
+            break samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sinks' counters never showed 50 events settled:\n{samples:#?}\n{}",
+            cdc.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let of = |name: &str, sink: &str| value(&samples, name, &[("sink", sink)]);
+    for sink in ["search", "hook"] {
+        // Documents per request and events per batch add up to what was sent.
+        assert_eq!(
+            of("cdc_sink_batch_events_sum", sink),
+            Some(50.0),
+            "{sink}: {samples:#?}"
+        );
+        assert!(
+            of("cdc_sink_request_duration_seconds_count", sink).is_some_and(|n| n >= 1.0),
+            "{sink}: {samples:#?}"
+        );
+        assert_eq!(of("cdc_sink_requests_in_flight", sink), Some(0.0), "{sink}");
+        assert_eq!(of("cdc_sink_dead_letters_total", sink), Some(0.0), "{sink}");
+    }
+    assert_eq!(of("cdc_sink_events_total", "gone"), Some(0.0));
+    // cdc status counts the dead letters from Postgres.
+    let out = support::cdc(&["--config", config, "status"]);
+    let text = support::stdout_of(&out);
+    // (Rows of cdc.dead_letters: a webhook's are batches of up to 25 events.)
+    let batches = db
+        .query_one_i64("SELECT count(*) FROM cdc.dead_letters WHERE sink = 'gone'")
+        .await;
+    assert!(batches >= 2, "50 events in batches of at most 25");
+    assert!(
+        text.contains(&format!(
+            "sink gone (webhook): {batches} dead letters, 0 batches in the outbox"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("sink search (elasticsearch): 0 dead letters"), "{text}");
     cdc.kill9();
 }
