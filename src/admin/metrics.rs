@@ -302,6 +302,12 @@ impl Metrics {
     /// the oldest transaction received and not yet confirmed; 0 when none waits).
     pub fn confirmed(&self, lsn: u64) {
         self.source.confirmed_lsn.set(lsn as i64);
+        self.refresh_lag(lsn);
+    }
+
+    /// The lag in seconds against the confirmed position `lsn`; also called by the admin
+    /// watcher, so the lag keeps growing while the stream is down and cannot call [`Self::confirmed`].
+    pub fn refresh_lag(&self, lsn: u64) {
         let mut unconfirmed = self.unconfirmed.lock().expect("unconfirmed lock");
         while unconfirmed.front().is_some_and(|(end, _)| *end <= lsn) {
             unconfirmed.pop_front();

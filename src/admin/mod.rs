@@ -258,6 +258,7 @@ async fn watch() {
     loop {
         tick.tick().await;
         let m = metrics::global();
+        m.refresh_lag(m.source.confirmed_lsn.get() as u64);
         let received = m.source.received_lsn.get() as u64;
         let now = Instant::now();
         for s in m.sinks() {
