@@ -21,6 +21,13 @@ pub struct Ack {
 }
 
 impl Ack {
+    /// A handle no checkpoint waits for (metrics of a sink run outside `cdc run`).
+    pub fn detached() -> Ack {
+        Ack {
+            delivered: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
     /// Everything up to and including the transaction ending at `end_lsn` is delivered.
     /// Positions only move forward; a lower value is ignored.
     pub fn delivered(&self, end_lsn: Lsn) {

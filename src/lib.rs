@@ -4,8 +4,9 @@
 //! `source` (replication connection, pgoutput decoding, relation cache, value conversion)
 //! → `event` → `router` (table mappings, projections, filters) → `sinks` (each batching,
 //! retrying and acknowledging on its own) → `checkpoint` (minimum acknowledged LSN, confirmed
-//! to Postgres). `config` reads the TOML file; `commands` holds one function per CLI command.
+//! to Postgres). `admin` serves health, readiness and metrics; `config` reads the TOML file; `commands` holds one function per CLI command.
 
+pub mod admin;
 pub mod checkpoint;
 pub mod commands;
 pub mod config;

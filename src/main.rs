@@ -40,6 +40,10 @@ struct Cli {
     #[arg(long, short, global = true, env = "CDC_CONFIG", default_value = "cdc.toml")]
     config: PathBuf,
 
+    /// Log lines as text or as one JSON object each (overrides `[log] format`).
+    #[arg(long, global = true, value_name = "FORMAT", value_parser = ["text", "json"])]
+    log_format: Option<String>,
+
     #[command(subcommand)]
     command: Command,
 }
@@ -48,7 +52,7 @@ struct Cli {
 enum Command {
     /// Run the daemon: stream the slot to the sinks until SIGINT/SIGTERM.
     #[command(
-        after_help = "Example:\n  cdc run --config cdc.toml\n\nLogs go to stderr (RUST_LOG=cdc=debug for more); the stdout sink writes events to stdout.\nOn SIGINT/SIGTERM cdc stops reading, lets sinks deliver what they hold, confirms the final position and exits 0;\nit exits 1 when a sink failed or did not deliver everything it received, or the final position was not confirmed."
+        after_help = "Example:\n  cdc run --config cdc.toml\n\nLogs go to stderr (RUST_LOG=cdc=debug for more); the stdout sink writes events to stdout.\nOn SIGINT/SIGTERM cdc stops reading, lets sinks deliver what they hold, confirms the final position and exits 0;\nit exits 1 when a sink failed or did not deliver everything it received, or the final position was not confirmed;\nit exits 3 when Postgres invalidated the replication slot (the message gives the way back: cdc setup --recreate-slot, then cdc rebuild-index --all)."
     )]
     Run {
         /// Exit once the stream reaches this LSN (e.g. 0/1A2B3C4D, from SELECT pg_current_wal_lsn()):
@@ -75,6 +79,21 @@ enum Command {
         /// exact list of changed columns. Repeatable.
         #[arg(long, value_name = "TABLE")]
         replica_identity_full: Vec<String>,
+        /// Drop a slot Postgres invalidated (wal_status lost, `cdc run` exited 3) and create it
+        /// again: streaming resumes from now; prints the gap receivers missed. Refused for a
+        /// healthy slot.
+        #[arg(long)]
+        recreate_slot: bool,
+    },
+    /// Show the slot, each sink's dead letters and outbox, and (when `cdc run` answers on
+    /// `[admin] listen`) its live state; works with the daemon down.
+    #[command(
+        after_help = "Examples:\n  cdc status\n  cdc status --json\n\nExit status 0 when the slot exists and is not lost and cdc run, when it answers, is ready; 1 otherwise."
+    )]
+    Status {
+        /// One JSON object instead of lines.
+        #[arg(long)]
+        json: bool,
     },
     /// Drop the replication slot (and say how much WAL it was holding); stop `cdc run` first.
     #[command(after_help = "Example:\n  cdc teardown --drop-publication")]
@@ -154,18 +173,32 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("starting the async runtime")
 }
 
+/// Logs to stderr: text, or one JSON object per line (`timestamp`, `level`, `fields.message`,
+/// the other fields, `target`) for log collectors.
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cdc=info,warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("cdc=info,warn")),
-        )
-        .init();
-
-    let config = match config::load(&cli.config) {
+    let config = config::load(&cli.config);
+    // The file may ask for JSON logs, so logging starts once it is read; its own errors are
+    // printed as they are (one per line, file:line first).
+    let json = match cli.log_format.as_deref() {
+        Some(format) => format == "json",
+        None => config.as_ref().is_ok_and(|c| c.log_json),
+    };
+    init_logging(json);
+    let config = match config {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -177,9 +210,13 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run { stop_at } => commands::run::run(config, stop_at).await.map(|_| 0),
             Command::Check { send_test } => commands::check::run(&config, send_test).await,
-            Command::Setup { replica_identity_full } => {
-                commands::setup::run(&config, &replica_identity_full).await.map(|_| 0)
-            }
+            Command::Setup {
+                replica_identity_full,
+                recreate_slot,
+            } => commands::setup::run(&config, &replica_identity_full, recreate_slot)
+                .await
+                .map(|_| 0),
+            Command::Status { json } => commands::status::run(&config, json).await,
             Command::Teardown { drop_publication } => {
                 commands::teardown::run(&config, drop_publication).await.map(|_| 0)
             }
@@ -210,7 +247,13 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            // A lost slot is told apart: supervisors must not restart into it, and scripts can
+            // run the way back the message gives.
+            if e.chain().any(|c| c.is::<cdc::source::errors::SlotLost>()) {
+                ExitCode::from(3)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

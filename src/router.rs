@@ -26,6 +26,8 @@ struct Route {
 
 pub struct Router {
     routes: HashMap<TableName, Vec<Route>>,
+    /// Events received per mapped table, by operation (`admin::metrics`).
+    received: HashMap<TableName, [prometheus_client::metrics::counter::Counter; 4]>,
     sinks: Vec<(String, mpsc::Sender<SinkMsg>)>,
 }
 
@@ -48,7 +50,13 @@ impl Router {
                 sinks: senders,
             });
         }
-        Router { routes, sinks }
+        let metrics = crate::admin::metrics::global();
+        let received = routes.keys().map(|t| (t.clone(), metrics.table_counters(t))).collect();
+        Router {
+            routes,
+            received,
+            sinks,
+        }
     }
 
     /// Every `[[tables]]` mapping.
@@ -79,6 +87,9 @@ impl Router {
         let Some(routes) = self.routes.get(&*event.table) else {
             return Ok(());
         };
+        if let Some(counters) = self.received.get(&*event.table) {
+            counters[crate::admin::metrics::op_index(event.op)].inc();
+        }
         let event = Arc::new(event);
         for r in routes {
             let routed = if passes_unchanged(&r.mapping, &event) {

@@ -4,6 +4,7 @@
 #
 #   scripts/bench/source.sh            # both shapes
 #   SHAPES=2 scripts/bench/source.sh   # only shape 2
+#   ADMIN=1 scripts/bench/source.sh    # cdc with [admin] on and /metrics + /ready scraped every second
 #
 # Shape 1: one 1,000,000-row insert transaction, 500,000 updates in 5 transactions, a
 #          100,000-row delete (1.6M changes).
@@ -45,6 +46,19 @@ type = "stdout"
 table = "public.items"
 sinks = ["out"]
 TOML
+admin_port=19187
+if [[ -n "${ADMIN:-}" ]]; then
+  printf '\n[admin]\nlisten = "127.0.0.1:%s"\n' "$admin_port" >> "$work/cdc.toml"
+fi
+
+# ADMIN=1: what a Prometheus server and a readiness probe cost, scraping once a second.
+scrape() {
+  while true; do
+    curl -s -o /dev/null "http://127.0.0.1:$admin_port/metrics" || true
+    curl -s -o /dev/null "http://127.0.0.1:$admin_port/ready" || true
+    sleep 1
+  done
+}
 
 run_shape() {
   local shape=$1 changes=$2 load=$3
@@ -63,9 +77,12 @@ run_shape() {
   t1=$(date +%s.%N)
   recv_s=$(echo "$t1 - $t0" | bc -l)
 
+  local scraper=""
+  if [[ -n "${ADMIN:-}" ]]; then scrape & scraper=$!; fi
   t0=$(date +%s.%N)
   /usr/bin/time -f "%M" -o "$work/rss" "$cdc" --config "$work/cdc.toml" run --stop-at "$end" > /dev/null 2> "$work/cdc.log"
   t1=$(date +%s.%N)
+  if [[ -n "$scraper" ]]; then kill "$scraper"; wait "$scraper" 2>/dev/null || true; fi
   cdc_s=$(echo "$t1 - $t0" | bc -l)
 
   psql_ -c "SELECT pg_drop_replication_slot('bench_recv'); SELECT pg_drop_replication_slot('bench_cdc');" >/dev/null
@@ -75,6 +92,7 @@ run_shape() {
 }
 
 command -v bc >/dev/null || { apt-get update -qq && apt-get install -y -qq bc >/dev/null; }
+[[ -z "${ADMIN:-}" ]] || command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
 shapes=${SHAPES:-"1 2"}
 for shape in $shapes; do
   case $shape in

@@ -5,6 +5,7 @@ pub mod dead_letters;
 pub mod rebuild_index;
 pub mod run;
 pub mod setup;
+pub mod status;
 pub mod teardown;
 pub mod verify;
 pub mod webhook;

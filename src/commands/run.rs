@@ -18,6 +18,8 @@ pub async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<()> {
     let mut checkpoint = Checkpoint::new();
     let (senders, mut running) = sinks::spawn_all(&config, &mut checkpoint)?;
     let mut router = Router::new(&config.tables, senders);
+    // Lives as long as the run: the admin server and the slot probe stop when it is dropped.
+    let _admin = crate::admin::start(config.admin.as_ref(), &config.source).await?;
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let sink_failed = running.failed();

@@ -10,8 +10,14 @@ use crate::source::connection;
 use crate::source::identity::Identity;
 use crate::state;
 
-pub async fn run(config: &Config, replica_identity_full: &[String]) -> anyhow::Result<()> {
+pub async fn run(config: &Config, replica_identity_full: &[String], recreate_slot: bool) -> anyhow::Result<()> {
     let client = connection::catalog(&config.source.url).await?;
+    // Before changing anything: only a lost slot is recreated.
+    let lost = if recreate_slot {
+        lost_slot(&client, &config.source.slot).await?
+    } else {
+        None
+    };
     let publication = &config.source.publication;
     let mut tables: Vec<&TableName> = config.tables.iter().map(|t| &t.table).collect();
     tables.sort();
@@ -114,6 +120,13 @@ pub async fn run(config: &Config, replica_identity_full: &[String]) -> anyhow::R
         .context("creating cdc's state schema")?;
 
     let slot = &config.source.slot;
+    if let Some(confirmed) = &lost {
+        client
+            .execute("SELECT pg_catalog.pg_drop_replication_slot($1)", &[slot])
+            .await
+            .with_context(|| format!("dropping the lost replication slot {slot:?}"))?;
+        println!("dropped the lost replication slot {slot} (its last confirmed position was {confirmed})");
+    }
     let exists = client
         .query_opt(
             "SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
@@ -132,7 +145,49 @@ pub async fn run(config: &Config, replica_identity_full: &[String]) -> anyhow::R
             .with_context(|| format!("creating replication slot {slot:?}"))?;
         let lsn: String = row.get(0);
         println!("created replication slot {slot} at {lsn}: changes from here on are captured");
+        if let Some(confirmed) = &lost {
+            let now: String = client
+                .query_one(
+                    "SELECT to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')",
+                    &[],
+                )
+                .await?
+                .get(0);
+            println!(
+                "gap: the changes committed between {confirmed} and {lsn} (slot recreated at {now}) were never streamed: \
+                 webhook receivers missed them; run `cdc rebuild-index --all` to make the search indexes equal to the tables"
+            );
+        }
     }
     println!("next: cdc run --config {}", config.path.display());
     Ok(())
+}
+
+/// `--recreate-slot`: the lost slot's last confirmed position, None when there is no slot (it is
+/// created as usual). Refused for a healthy slot (recreating it would skip what it holds) and
+/// for one in use.
+async fn lost_slot(client: &tokio_postgres::Client, slot: &str) -> anyhow::Result<Option<String>> {
+    let row = client
+        .query_opt(
+            "SELECT wal_status, active, coalesce(confirmed_flush_lsn::text, 'its last confirmed position') \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let wal_status: Option<String> = row.get(0);
+    let active: bool = row.get(1);
+    if wal_status.as_deref() != Some("lost") {
+        bail!(
+            "replication slot {slot} is not lost (wal_status {}): recreating it would skip the changes it holds, so nothing was changed. \
+             To start over anyway: `cdc teardown`, then `cdc setup`",
+            wal_status.as_deref().unwrap_or("unknown")
+        );
+    }
+    if active {
+        bail!("replication slot {slot} is in use (a `cdc run` holds it): stop it, then run `cdc setup --recreate-slot` again");
+    }
+    Ok(Some(row.get(2)))
 }

@@ -14,6 +14,15 @@
 //! slot = "cdc"                # replication slot; lower case letters, digits and _; default "cdc"
 //! publication = "cdc"         # publication; default "cdc"
 //! status_interval = "1s"      # how often the confirmed position is reported; default "1s"
+//! warn_retained_wal = "5GB"   # warn when the slot holds more WAL than this; default "5GB"
+//! max_retained_wal = "20GB"   # /ready fails while the slot holds more; default none
+//!
+//! [admin]                     # optional: cdc run's HTTP server
+//! listen = "127.0.0.1:9187"   # required in [admin]; serves /health, /ready, /metrics
+//! stall_after = "5m"          # /ready fails for a sink with changes waiting and no ack for this long
+//!
+//! [log]                       # optional
+//! format = "json"             # "text" (default) or "json"; --log-format overrides it
 //!
 //! [sinks.<name>]              # at least one; every sink must be used by some [[tables]] entry
 //! type = "stdout"             # the sink kind; the kind's own keys follow (stdout has none)
@@ -48,7 +57,7 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use toml_edit::{Item, TableLike, Value as TomlValue};
 
-use super::{Config, Filter, SinkConfig, SourceConfig, TableMapping};
+use super::{AdminConfig, Config, Filter, SinkConfig, SourceConfig, TableMapping};
 use crate::event::{Op, TableName};
 
 /// Every sink kind: the `type` value that selects it and how its table becomes a
@@ -263,8 +272,17 @@ pub fn deserialize_duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -
     deserializer.deserialize_str(DurationVisitor)
 }
 
-const TOP_KEYS: &[&str] = &["source", "sinks", "tables"];
-const SOURCE_KEYS: &[&str] = &["url", "slot", "publication", "status_interval"];
+const TOP_KEYS: &[&str] = &["source", "sinks", "tables", "admin", "log"];
+const SOURCE_KEYS: &[&str] = &[
+    "url",
+    "slot",
+    "publication",
+    "status_interval",
+    "warn_retained_wal",
+    "max_retained_wal",
+];
+const ADMIN_KEYS: &[&str] = &["listen", "stall_after"];
+const LOG_KEYS: &[&str] = &["format"];
 const TABLE_KEYS: &[&str] = &[
     "table",
     "sinks",
@@ -382,12 +400,88 @@ impl Loader<'_> {
                 }
             }
         }
+        let admin = match root.get("admin") {
+            None => Some(None),
+            Some(item) => self.admin(item).map(Some),
+        };
+        let log_json = match root.get("log") {
+            None => Some(false),
+            Some(item) => self.log(item),
+        };
         Some(Config {
             path: path.to_path_buf(),
             source: source?,
             sinks: sinks?,
             tables: tables?,
+            admin: admin?,
+            log_json: log_json?,
         })
+    }
+
+    fn admin(&mut self, item: &Item) -> Option<AdminConfig> {
+        let table = self.table_like(item, "admin")?;
+        self.unknown_keys(table, "admin", ADMIN_KEYS);
+        let listen = match table.get("listen") {
+            None => {
+                self.problem(
+                    "admin.listen",
+                    "missing; set it to the address to serve /health, /ready and /metrics on, like \"127.0.0.1:9187\" (or remove [admin])",
+                );
+                None
+            }
+            Some(listen) => self.non_empty_string(listen, "admin.listen").and_then(|text| {
+                text.parse::<std::net::SocketAddr>()
+                    .map_err(|_| {
+                        self.problem(
+                            "admin.listen",
+                            format!("{text:?} is not an address; write an IP and a port, like \"127.0.0.1:9187\" or \"0.0.0.0:9187\""),
+                        )
+                    })
+                    .ok()
+            }),
+        };
+        let stall_after = match table.get("stall_after") {
+            None => Some(Duration::from_secs(300)),
+            Some(d) => self.duration(d, "admin.stall_after").filter(|d| {
+                if d.is_zero() {
+                    self.problem("admin.stall_after", "must be longer than zero, like \"5m\"");
+                }
+                !d.is_zero()
+            }),
+        };
+        Some(AdminConfig {
+            listen: listen?,
+            stall_after: stall_after?,
+        })
+    }
+
+    fn log(&mut self, item: &Item) -> Option<bool> {
+        let table = self.table_like(item, "log")?;
+        self.unknown_keys(table, "log", LOG_KEYS);
+        match table.get("format") {
+            None => Some(false),
+            Some(format) => match self.non_empty_string(format, "log.format")?.as_str() {
+                "text" => Some(false),
+                "json" => Some(true),
+                other => {
+                    self.problem(
+                        "log.format",
+                        format!("{other:?} is not a log format; use \"text\" or \"json\""),
+                    );
+                    None
+                }
+            },
+        }
+    }
+
+    fn size(&mut self, item: &Item, path: &str) -> Option<u64> {
+        let Some(text) = item.as_str() else {
+            self.problem(path, format!("expected a size like \"5GB\", got {}", describe(item)));
+            return None;
+        };
+        crate::admin::parse_bytes(text)
+            .map_err(|message| self.problem(path, message))
+            .ok()
     }
 
     fn source(&mut self, item: Option<&Item>) -> Option<SourceConfig> {
@@ -439,11 +533,21 @@ impl Loader<'_> {
                 !d.is_zero()
             }),
         };
+        let warn_retained_wal = match table.get("warn_retained_wal") {
+            None => Some(5 << 30),
+            Some(size) => self.size(size, "source.warn_retained_wal"),
+        };
+        let max_retained_wal = match table.get("max_retained_wal") {
+            None => Some(None),
+            Some(size) => self.size(size, "source.max_retained_wal").map(Some),
+        };
         Some(SourceConfig {
             url: url?,
             slot: slot?,
             publication: publication?,
             status_interval: status_interval?,
+            warn_retained_wal: warn_retained_wal?,
+            max_retained_wal: max_retained_wal?,
         })
     }
 
@@ -1240,6 +1344,35 @@ settings = "search/items.json"
             .to_string()
     }
 
+    #[test]
+    fn admin_log_and_wal_sizes_load_with_defaults_and_errors_name_their_line() {
+        let text = MINIMAL.replace(
+            "[source]\n",
+            "[source]\nwarn_retained_wal = \"1GB\"\nmax_retained_wal = \"512MB\"\n",
+        ) + "\n[admin]\nlisten = \"127.0.0.1:9187\"\n\n[log]\nformat = \"json\"\n";
+        let config = load_with(&text, &[]).unwrap();
+        assert_eq!(config.source.warn_retained_wal, 1 << 30);
+        assert_eq!(config.source.max_retained_wal, Some(512 << 20));
+        let admin = config.admin.unwrap();
+        assert_eq!(admin.listen, "127.0.0.1:9187".parse().unwrap());
+        assert_eq!(admin.stall_after, Duration::from_secs(300));
+        assert!(config.log_json);
+
+        let text = MINIMAL.replace("[source]\n", "[source]\nwarn_retained_wal = \"5 parsecs\"\n")
+            + "\n[admin]\nlisten = \"localhost\"\nstall_afte = \"1m\"\n\n[log]\nformat = \"xml\"\n";
+        let e = errors(&text);
+        assert!(
+            e.contains("cdc.toml:2: source.warn_retained_wal: unknown size unit"),
+            "{e}"
+        );
+        assert!(e.contains("admin.listen: \"localhost\" is not an address"), "{e}");
+        assert!(
+            e.contains("admin.stall_afte: unknown key; did you mean \"stall_after\"?"),
+            "{e}"
+        );
+        assert!(e.contains("log.format: \"xml\" is not a log format"), "{e}");
+    }
+
     /// The minimal config with `extra` appended to its `[[tables]]` entry.
     fn with_table_keys(extra: &str) -> String {
         format!("{MINIMAL}{extra}\n")
@@ -1256,8 +1389,11 @@ settings = "search/items.json"
                 slot: "cdc".into(),
                 publication: "cdc".into(),
                 status_interval: Duration::from_secs(1),
+                warn_retained_wal: 5 << 30,
+                max_retained_wal: None,
             }
         );
+        assert_eq!(config.admin, None);
         assert_eq!(config.sinks.len(), 1);
         assert_eq!(config.sinks["out"], SinkConfig::Stdout(StdoutConfig {}));
         let t = &config.tables[0];

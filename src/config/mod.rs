@@ -28,6 +28,19 @@ pub struct Config {
     /// `[[tables]]`, in file order. One table may be mapped several times (e.g. different
     /// projections for different sinks).
     pub tables: Vec<TableMapping>,
+    /// `[admin]`: the HTTP server of `cdc run` (health, readiness, metrics). None: no server.
+    pub admin: Option<AdminConfig>,
+    /// `[log] format = "json"`: one JSON object per log line (`--log-format` overrides it).
+    pub log_json: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdminConfig {
+    /// Address the server listens on, like "127.0.0.1:9187".
+    pub listen: std::net::SocketAddr,
+    /// `/ready` fails for a sink that has changes waiting and acknowledged nothing for this
+    /// long. Default 5m.
+    pub stall_after: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,6 +53,10 @@ pub struct SourceConfig {
     pub publication: String,
     /// How often cdc reports its confirmed position to Postgres. Default 1s.
     pub status_interval: Duration,
+    /// Log a warning when the slot holds more WAL than this (bytes). Default 5 GB.
+    pub warn_retained_wal: u64,
+    /// `/ready` fails while the slot holds more WAL than this (bytes). Default none.
+    pub max_retained_wal: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -118,8 +118,10 @@ pub fn spawn_all(
     for (name, sink) in &config.sinks {
         let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
         let ack = checkpoint.register();
+        // The sink's figures for /metrics and /ready; the sinks find them by name.
+        let stats = crate::admin::metrics::global().register_sink(name, sink.type_name(), ack.clone());
         let task = match sink {
-            SinkConfig::Stdout(cfg) => watched(&failed_tx, stdout::run(cfg.clone(), rx, ack)),
+            SinkConfig::Stdout(cfg) => watched(&failed_tx, stdout::run(cfg.clone(), rx, ack, stats)),
             SinkConfig::Webhook(cfg) => watched(
                 &failed_tx,
                 webhook::run(name.clone(), cfg.clone(), config.source.url.clone(), rx, ack),

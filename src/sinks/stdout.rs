@@ -4,11 +4,19 @@ use std::io::Write;
 
 use tokio::sync::mpsc;
 
+use std::sync::Arc;
+
+use crate::admin::metrics::SinkStats;
 use crate::checkpoint::Ack;
 use crate::config::StdoutConfig;
 use crate::sinks::SinkMsg;
 
-pub async fn run(_config: StdoutConfig, mut rx: mpsc::Receiver<SinkMsg>, ack: Ack) -> anyhow::Result<()> {
+pub async fn run(
+    _config: StdoutConfig,
+    mut rx: mpsc::Receiver<SinkMsg>,
+    ack: Ack,
+    stats: Arc<SinkStats>,
+) -> anyhow::Result<()> {
     // Writing to stdout blocks; a blocking thread keeps the runtime's workers free. Messages
     // are taken in chunks so one channel wake-up moves many events.
     let mut buf = Vec::with_capacity(256);
@@ -17,11 +25,13 @@ pub async fn run(_config: StdoutConfig, mut rx: mpsc::Receiver<SinkMsg>, ack: Ac
         let mut out = std::io::BufWriter::with_capacity(1 << 16, stdout.lock());
         while rx.blocking_recv_many(&mut buf, 1024) > 0 {
             let mut committed = None;
+            let mut events = 0;
             for msg in buf.drain(..) {
                 match msg {
                     SinkMsg::Event { event, .. } => {
                         out.write_all(event.to_json())?;
                         out.write_all(b"\n")?;
+                        events += 1;
                     }
                     SinkMsg::Commit { end_lsn, .. } => committed = Some(end_lsn),
                 }
@@ -32,6 +42,7 @@ pub async fn run(_config: StdoutConfig, mut rx: mpsc::Receiver<SinkMsg>, ack: Ac
                 out.flush()?;
                 ack.delivered(end_lsn);
             }
+            stats.events.inc_by(events);
         }
         out.flush()?;
         Ok(())

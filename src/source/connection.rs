@@ -173,13 +173,22 @@ pub async fn preflight<'a>(
     check_keys(catalog, mappings).await?;
     let slot = catalog
         .query_opt(
-            "SELECT plugin::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin::text, wal_status, confirmed_flush_lsn::text FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
             &[&source.slot],
         )
         .await?;
     match slot {
         Some(row) => {
             let plugin: Option<String> = row.get(0);
+            let wal_status: Option<String> = row.get(1);
+            if wal_status.as_deref() == Some("lost") {
+                let confirmed: Option<String> = row.get(2);
+                return Err(crate::source::errors::SlotLost {
+                    slot: source.slot.clone(),
+                    confirmed: confirmed.unwrap_or_else(|| "the slot's last confirmed position".to_string()),
+                }
+                .into());
+            }
             if plugin.as_deref() != Some("pgoutput") {
                 return Err(Unrecoverable(format!(
                     "replication slot {:?} uses plugin {:?}, not pgoutput: drop it (`cdc teardown`) and run `cdc setup`",

@@ -5,10 +5,28 @@ use pgwire_replication::PgWireError;
 
 use crate::retry::is_unrecoverable;
 
+/// Postgres invalidated the replication slot (it held more WAL than `max_slot_wal_keep_size`
+/// allows, or the WAL was removed): the changes after its last confirmed position are gone, and
+/// no retry can bring them back. `cdc run` exits with status 3 on it.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "replication slot {slot:?} was invalidated by Postgres (wal_status lost): it held more WAL than max_slot_wal_keep_size \
+     allows, and the changes committed after {confirmed} are gone from the server. The way back: \
+     1. `cdc setup --recreate-slot` (drops the lost slot and creates a new one: streaming resumes from that moment); \
+     2. `cdc rebuild-index --all` to make the search indexes equal to the tables again; \
+     3. webhook receivers missed the changes committed between {confirmed} and the new slot's position \
+     (`cdc setup --recreate-slot` prints it): resynchronise them from the tables"
+)]
+pub struct SlotLost {
+    pub slot: String,
+    /// The slot's last confirmed position, as Postgres shows it ("the slot's last confirmed position" when unknown).
+    pub confirmed: String,
+}
+
 /// Whether retrying cannot help: cdc's own verdict, else the server's SQLSTATE. Errors without
 /// one (refused connections, resets, timeouts) are worth retrying.
 pub fn is_fatal(e: &anyhow::Error) -> bool {
-    if is_unrecoverable(e) {
+    if is_unrecoverable(e) || e.chain().any(|c| c.is::<SlotLost>()) {
         return true;
     }
     sqlstate(e).is_some_and(|code| !heals(&code))

@@ -78,8 +78,14 @@ pub async fn run(
         }
         match session(source, router, sinks, checkpoint, shutdown, stop_at, &mut backoff).await {
             Ok(stop) => return Ok(stop),
-            Err(SessionError::Fatal(e)) => return Err(e),
+            Err(SessionError::Fatal(e)) => {
+                crate::admin::metrics::global().source.connected.set(0);
+                return Err(e);
+            }
             Err(SessionError::Retry(e)) => {
+                let metrics = crate::admin::metrics::global();
+                metrics.source.connected.set(0);
+                metrics.source.reconnects.inc();
                 let wait = backoff.next_wait();
                 tracing::error!("{}: {:#}; retrying in {}s", target.describe(), e, wait.as_secs());
                 tokio::select! {
@@ -127,6 +133,7 @@ async fn session(
     client.wait_started().await.map_err(|e| classify(e.into()))?;
     tracing::info!(slot = %source.slot, publication = %source.publication, "streaming from {}", target.describe());
     backoff.reset();
+    crate::admin::metrics::global().source.connected.set(1);
 
     let mut relations = RelationCache::default();
     let mut txn: Option<Txn> = None;
@@ -147,6 +154,7 @@ async fn session(
                     return Err(SessionError::Fatal(stopped.into()));
                 }
                 client.update_applied_lsn(to_pg(checkpoint.confirmable()));
+                crate::admin::metrics::global().confirmed(checkpoint.confirmable().0);
                 continue;
             }
             ev = client.recv() => ev,
@@ -171,13 +179,14 @@ async fn session(
                     });
                 }
                 ReplicationEvent::Commit { lsn, end_lsn, .. } => {
-                    txn = None;
+                    let committed_at_us = txn.take().map_or(0, |t| t.committed_at_us);
                     let end = Lsn(end_lsn.as_u64());
                     router
                         .commit(Lsn(lsn.as_u64()), end)
                         .await
                         .map_err(|e| SessionError::Fatal(e.into()))?;
                     checkpoint.dispatched(end);
+                    crate::admin::metrics::global().received(end.0, committed_at_us);
                     return Ok(reached(stop_at, end));
                 }
                 ReplicationEvent::XLogData { wal_start, data, .. } => {

@@ -327,7 +327,13 @@ async fn send(shared: &Shared, mut actions: Vec<Action>) -> Option<[Vec<Action>;
     while !actions.is_empty() {
         let body = request_builder::build(&actions);
         let bytes = body.len();
+        let metrics = &shared.health.metrics;
+        metrics.batch_events.observe(actions.len() as f64);
+        metrics.in_flight.inc();
+        let started = Instant::now();
         let reply = shared.service.bulk(body).await;
+        metrics.request_seconds.observe(started.elapsed().as_secs_f64());
+        metrics.in_flight.dec();
         let outcomes = match reply {
             Err(e) => Err(("unreachable", format!("cannot reach {}: {e}", shared.service.url))),
             Ok(reply) if reply.status == 413 => {
@@ -344,6 +350,7 @@ async fn send(shared: &Shared, mut actions: Vec<Action>) -> Option<[Vec<Action>;
                 );
                 tracing::warn!(sink = %shared.name, index = %actions[0].doc.index, id = %actions[0].doc.id, "{why}; stored as a dead letter");
                 shared.stats.dead.fetch_add(1, Ordering::Relaxed);
+                shared.health.metrics.dead_letters.inc();
                 store_letters(shared, vec![letter(&actions[0], why)]).await;
                 return None;
             }
@@ -403,9 +410,11 @@ async fn settle(shared: &Shared, actions: Vec<Action>, outcomes: Vec<Outcome>) -
         match outcome {
             Outcome::Done => {
                 shared.stats.written.fetch_add(1, Ordering::Relaxed);
+                shared.health.metrics.events.inc();
             }
             Outcome::Stale => {
                 shared.stats.stale.fetch_add(1, Ordering::Relaxed);
+                shared.health.metrics.events.inc();
             }
             Outcome::Retry(reason) => {
                 first_retry.get_or_insert(reason);
@@ -418,6 +427,7 @@ async fn settle(shared: &Shared, actions: Vec<Action>, outcomes: Vec<Outcome>) -
         // One line per request, not per document: a broken index mapping can refuse thousands.
         tracing::warn!(sink = %shared.name, index = %first.target, "the index refused {} document(s) for themselves, stored as dead letters (`cdc dead-letters list`); the first: {}", letters.len(), first.error);
         shared.stats.dead.fetch_add(letters.len() as u64, Ordering::Relaxed);
+        shared.health.metrics.dead_letters.inc_by(letters.len() as u64);
         dead_letter::store(shared, letters).await;
     }
     if let Some(reason) = first_retry {
@@ -482,6 +492,8 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// Whether the sink is failing, and how: each change of state is logged once, not every retry.
 pub struct Health {
     sink: Arc<str>,
+    /// The sink's figures (`admin::metrics`): failing/healthy mirror this state.
+    pub metrics: Arc<crate::admin::metrics::SinkStats>,
     /// (kind of failure, its first message, retries since).
     failing: Mutex<Option<(String, String, u64)>>,
 }
@@ -489,12 +501,14 @@ pub struct Health {
 impl Health {
     pub fn new(sink: Arc<str>) -> Health {
         Health {
+            metrics: crate::admin::metrics::sink(&sink),
             sink,
             failing: Mutex::new(None),
         }
     }
 
     fn failing(&self, kind: &str, reason: &str) {
+        self.metrics.failing(reason);
         let mut state = self.failing.lock().expect("health lock");
         match state.as_mut() {
             Some((previous, _, retries)) if previous == kind => *retries += 1,
@@ -506,6 +520,7 @@ impl Health {
     }
 
     fn healthy(&self) {
+        self.metrics.healthy();
         if let Some((_, reason, retries)) = self.failing.lock().expect("health lock").take() {
             tracing::info!(sink = %self.sink, retries, "recovered from: {reason}");
         }

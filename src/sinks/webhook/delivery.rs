@@ -60,11 +60,14 @@ pub struct Endpoint {
     /// Set at shutdown: blocked lanes stop retrying.
     stopping: watch::Sender<bool>,
     abandoned: AtomicBool,
+    /// The sink's figures (`admin::metrics`).
+    pub metrics: std::sync::Arc<crate::admin::metrics::SinkStats>,
 }
 
 impl Endpoint {
     pub fn new(name: String, config: WebhookConfig, db: Postgres, recorder: Recorder) -> anyhow::Result<Endpoint> {
         Ok(Endpoint {
+            metrics: crate::admin::metrics::sink(&name),
             service: Service::new(&config)?,
             name,
             config,
@@ -81,6 +84,7 @@ impl Endpoint {
     /// Delivers the batch or hands it off durably. Postgres outages are waited out; errors are
     /// those Postgres reports for a statement (a reconnect cannot fix them).
     pub async fn hand_off(&self, batch: &Batch) -> anyhow::Result<HandOff> {
+        self.metrics.batch_events.observe(batch.events as f64);
         if self.is_disabled() {
             self.dead_letter(batch, 0, "the endpoint answered 410 Gone earlier and is disabled")
                 .await?;
@@ -104,7 +108,10 @@ impl Endpoint {
         let response = self.attempt(Via::Direct, &batch.id, batch.body.clone()).await;
         let error = response.error.clone().unwrap_or_default();
         match retry::classify(response.status, response.retry_after.as_deref(), SystemTime::now()) {
-            Verdict::Delivered => Ok(()),
+            Verdict::Delivered => {
+                self.metrics.events.inc_by(batch.events as u64);
+                Ok(())
+            }
             Verdict::Gone => {
                 self.disable();
                 self.dead_letter(batch, 1, &error).await
@@ -163,7 +170,10 @@ impl Endpoint {
             let error = response.error.clone().unwrap_or_default();
             let retry_after = match retry::classify(response.status, response.retry_after.as_deref(), SystemTime::now())
             {
-                Verdict::Delivered => return Ok(HandOff::Done),
+                Verdict::Delivered => {
+                    self.metrics.events.inc_by(batch.events as u64);
+                    return Ok(HandOff::Done);
+                }
                 Verdict::Gone => {
                     self.disable();
                     self.dead_letter(batch, failures as i32, &error).await?;
@@ -188,7 +198,18 @@ impl Endpoint {
     /// One attempt, recorded.
     pub async fn attempt(&self, via: Via, batch_id: &str, body: Bytes) -> Response {
         let at = SystemTime::now();
+        self.metrics.in_flight.inc();
         let response = self.service.post(batch_id, body).await;
+        self.metrics.in_flight.dec();
+        self.metrics.request_seconds.observe(response.latency.as_secs_f64());
+        match response.status {
+            Some(status) if (200..300).contains(&status) => self.metrics.healthy(),
+            status => self.metrics.failing(&match (&response.error, status) {
+                (Some(error), _) => format!("{}: {error}", self.service.url()),
+                (None, Some(status)) => format!("{} answered HTTP {status}", self.service.url()),
+                (None, None) => format!("{} did not answer", self.service.url()),
+            }),
+        }
         self.recorder
             .record(Attempt {
                 at,
@@ -217,6 +238,7 @@ impl Endpoint {
                 dead_letters::insert_many(&c, letter).await
             })
             .await?;
+        self.metrics.dead_letters.inc_by(batch.events as u64);
         tracing::error!(sink = %self.name, batch = %batch.id, events = batch.events, "batch became a dead letter: {error}");
         Ok(())
     }

@@ -71,6 +71,7 @@ async fn send(endpoint: &Endpoint, stored: Stored) -> anyhow::Result<()> {
     let error = response.error.clone().unwrap_or_default();
     match retry::classify(response.status, response.retry_after.as_deref(), SystemTime::now()) {
         Verdict::Delivered => {
+            endpoint.metrics.events.inc_by(batch.events as u64);
             tracing::debug!(sink = %endpoint.name, batch = %batch.id, "stored batch delivered after {failures} attempts");
         }
         Verdict::Gone => {

@@ -1,0 +1,366 @@
+//! The admin server of `cdc run` over real HTTP: `/health`, `/metrics` (parsed as Prometheus
+//! text), `/ready` (streaming, sinks ok / retrying / stalled), and JSON logs.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// GET `url`: (status, body). A refused connection is status 0 (the server is not up yet).
+async fn get(url: &str) -> (u16, String) {
+    match reqwest::get(url).await {
+        Ok(r) => {
+            let status = r.status().as_u16();
+            (status, r.text().await.unwrap_or_default())
+        }
+        Err(_) => (0, String::new()),
+    }
+}
+
+async fn ready(base: &str) -> (u16, Value) {
+    let (status, body) = get(&format!("{base}/ready")).await;
+    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
+}
+
+/// The samples of one scrape of `/metrics`.
+async fn scrape(base: &str) -> Vec<prometheus_parse::Sample> {
+    let (status, body) = get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200, "/metrics answered {status}: {body}");
+    let lines = body.lines().map(|l| Ok(l.to_string()));
+    prometheus_parse::Scrape::parse(lines)
+        .unwrap_or_else(|e| panic!("/metrics is not Prometheus text ({e}):\n{body}"))
+        .samples
+}
+
+/// The value of the sample `name` whose labels include all of `labels`.
+fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .and_then(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => Some(v),
+            _ => None,
+        })
+}
+
+/// Polls `/ready` until `pred` holds on (status, body); panics with the last answer after `timeout`.
+async fn wait_ready(base: &str, timeout: Duration, what: &str, pred: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let (status, body) = ready(base).await;
+        if pred(status, &body) {
+            return (status, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/ready never showed {what} within {timeout:?}; last: {status} {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn metrics_health_and_ready_follow_a_run() {
+    let port = support::free_port();
+    let setup = support::stdout_setup(
+        "admin_metrics",
+        "CREATE TABLE items (id int PRIMARY KEY, title text)",
+        &format!("[admin]\nlisten = \"127.0.0.1:{port}\"\n\n[[tables]]\ntable = \"items\"\nsinks = [\"out\"]"),
+    )
+    .await;
+    let mut cdc = support::CdcProcess::start(&["--config", &setup.config, "--log-format", "json", "run"], &[]);
+    let base = format!("http://127.0.0.1:{port}");
+
+    let (_, body) = wait_ready(&base, Duration::from_secs(60), "ready", |s, _| s == 200).await;
+    assert_eq!(body["source"]["status"], "streaming", "{body}");
+    assert_eq!(body["sinks"][0]["name"], "out", "{body}");
+    assert_eq!(body["sinks"][0]["status"], "ok", "{body}");
+    assert_eq!(get(&format!("{base}/health")).await, (200, "ok\n".to_string()));
+
+    let db = &setup.db;
+    db.exec("INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c')").await;
+    db.exec("UPDATE items SET title = 'z' WHERE id = 2").await;
+    db.exec("DELETE FROM items WHERE id = 3").await;
+    let events = cdc.next_events(5, Duration::from_secs(60));
+    let last_lsn = support::parse_lsn(events[4]["lsn"].as_str().unwrap()) as f64;
+
+    // The counters are bumped as the events pass; the confirmed position follows within the
+    // stream's 200 ms tick; the slot probe reads the catalog every 5 s.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let samples = loop {
+        let samples = scrape(&base).await;
+        let table = |op| {
+            value(
+                &samples,
+                "cdc_source_events_total",
+                &[("table", "public.items"), ("op", op)],
+            )
+        };
+        let done = table("create") == Some(3.0)
+            && table("update") == Some(1.0)
+            && table("delete") == Some(1.0)
+            && value(&samples, "cdc_sink_events_total", &[("sink", "out")]) == Some(5.0)
+            && value(&samples, "cdc_sink_acknowledged_lsn", &[("sink", "out")]).is_some_and(|v| v > last_lsn)
+            && value(&samples, "cdc_source_confirmed_lsn", &[]).is_some_and(|v| v > last_lsn)
+            && value(&samples, "cdc_source_retained_wal_bytes", &[]).is_some_and(|v| v > 0.0);
+        if done {
+            break samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "/metrics never showed the 5 changes acknowledged and confirmed past {last_lsn}:\n{samples:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(value(&samples, "cdc_source_connected", &[]), Some(1.0));
+    assert_eq!(value(&samples, "cdc_source_reconnects_total", &[]), Some(0.0));
+    assert_eq!(
+        value(&samples, "cdc_sink_dead_letters_total", &[("sink", "out")]),
+        Some(0.0)
+    );
+    assert!(
+        value(&samples, "cdc_source_received_lsn", &[]).is_some_and(|v| v > last_lsn),
+        "{samples:#?}"
+    );
+
+    let (status, body) = ready(&base).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sinks"][0]["status"], "ok", "{body}");
+    assert_eq!(body["problems"], serde_json::json!([]), "{body}");
+
+    // cdc status: the slot from Postgres, the live figures from the running daemon.
+    let out = support::cdc(&["--config", &setup.config, "status"]);
+    let text = support::stdout_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", support::stderr_of(&out));
+    assert!(
+        text.contains(&format!("slot {}: in use, wal_status reserved", db.name)),
+        "{text}"
+    );
+    assert!(text.contains("sink out (stdout): 0 dead letters"), "{text}");
+    assert!(text.contains("cdc run: ready; source streaming"), "{text}");
+    assert!(text.contains("  sink out: ok, acknowledged "), "{text}");
+    let out = support::cdc(&["--config", &setup.config, "status", "--json"]);
+    let json: Value = serde_json::from_slice(&out.stdout).expect("cdc status --json prints JSON");
+    assert_eq!(json["live"]["ready"], true, "{json}");
+    assert_eq!(json["slot"]["active"], true, "{json}");
+    assert_eq!(json["sinks"][0]["dead_letters"], 0, "{json}");
+
+    let status = cdc.sigterm();
+    assert!(status.success(), "cdc run exited with {status}:\n{}", cdc.stderr_text());
+    // With the daemon down, status still reads the slot.
+    let out = support::cdc(&["--config", &setup.config, "status"]);
+    let text = support::stdout_of(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("not in use (cdc run is not streaming)"), "{text}");
+    assert!(
+        text.contains("cdc run: no live figures: cdc run is not answering on"),
+        "{text}"
+    );
+    // --log-format json: every line cdc logged is one JSON object with a level and a message.
+    let stderr = cdc.stderr_text();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(lines.len() >= 3, "too few log lines:\n{stderr}");
+    for line in &lines {
+        let parsed: Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("a log line is not JSON ({e}): {line}\n{stderr}"));
+        assert!(
+            parsed["level"].is_string() && parsed["fields"]["message"].is_string(),
+            "{line}"
+        );
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("admin server on http://127.0.0.1")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
+    let db = support::new_database("admin_stall").await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, title text)").await;
+    let port = support::free_port();
+    let dead = support::free_port();
+    let dir = support::temp_dir();
+    let toml = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\nwarn_retained_wal = \"1B\"\nmax_retained_wal = \"1B\"\n\n\
+         [sinks.search]\ntype = \"elasticsearch\"\nurl = \"http://127.0.0.1:{dead}\"\nflush_interval = \"100ms\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{port}\"\nstall_after = \"5s\"\n\n\
+         [[tables]]\ntable = \"items\"\nsinks = [\"search\"]\n",
+        url = db.url,
+        name = db.name,
+    );
+    let config = support::write_config(dir.path(), &toml);
+    let config = config.to_str().unwrap();
+    let setup = support::cdc(&["--config", config, "setup"]);
+    assert!(setup.status.success(), "{}", support::stderr_of(&setup));
+    let mut cdc = support::CdcProcess::start(&["--config", config, "run"], &[]);
+    let base = format!("http://127.0.0.1:{port}");
+
+    // Nothing to deliver yet: the sink is ok although the node is down. (Not necessarily ready:
+    // other tests' writes may already count as WAL the slot holds, over max_retained_wal = 1B.)
+    let (_, body) = wait_ready(&base, Duration::from_secs(60), "streaming", |_, b| {
+        b["source"]["status"] == "streaming"
+    })
+    .await;
+    assert_eq!(body["sinks"][0]["status"], "ok", "{body}");
+
+    db.exec("INSERT INTO items VALUES (1, 'a')").await;
+    // The sink fails and retries: "retrying", still ready until stall_after (5 s) passes
+    // without an acknowledgement.
+    let (_, body) = wait_ready(&base, Duration::from_secs(30), "the sink retrying", |_, b| {
+        b["sinks"][0]["status"] != "ok"
+    })
+    .await;
+    assert_eq!(body["sinks"][0]["status"], "retrying", "{body}");
+    let error = body["sinks"][0]["error"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains(&format!("127.0.0.1:{dead}")), "{body}");
+
+    let (status, body) = wait_ready(&base, Duration::from_secs(60), "the sink stalled", |_, b| {
+        b["sinks"][0]["status"] == "stalled"
+    })
+    .await;
+    assert_eq!(status, 503);
+    assert_eq!(body["sinks"][0]["status"], "stalled", "{body}");
+    assert!(body["sinks"][0]["pending_seconds"].as_f64().unwrap() >= 5.0, "{body}");
+    // The insert was committed before the stall clock started; the lag is refreshed every 200 ms.
+    assert!(body["source"]["lag_seconds"].as_f64().unwrap() >= 4.5, "{body}");
+    let problems = body["problems"].to_string();
+    assert!(
+        problems.contains("sink search: stalled") && problems.contains(&format!("127.0.0.1:{dead}")),
+        "the problem names the sink and its last error: {body}"
+    );
+
+    // The slot holds the insert's WAL at least: over max_retained_wal (/ready) and
+    // warn_retained_wal (the log), once the slot probe (every 5 s) has read it.
+    let (_, body) = wait_ready(&base, Duration::from_secs(60), "the retained WAL", |_, b| {
+        b["problems"].to_string().contains("more than max_retained_wal")
+    })
+    .await;
+    assert!(body["source"]["retained_wal_bytes"].as_i64().unwrap() > 1, "{body}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !cdc.stderr_text().contains("more than warn_retained_wal (1 bytes)") {
+        assert!(
+            Instant::now() < deadline,
+            "no retained-WAL warning:\n{}",
+            cdc.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let out = support::cdc(&["--config", config, "status"]);
+    let text = support::stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "not ready: {text}");
+    assert!(
+        text.contains("cdc run: NOT ready") && text.contains("  sink search: stalled"),
+        "{text}"
+    );
+
+    let samples = scrape(&base).await;
+    assert!(
+        value(&samples, "cdc_sink_retries_total", &[("sink", "search")]).is_some_and(|v| v >= 1.0),
+        "{samples:#?}"
+    );
+    assert_eq!(
+        value(&samples, "cdc_sink_events_total", &[("sink", "search")]),
+        Some(0.0)
+    );
+    let acked = value(&samples, "cdc_sink_acknowledged_lsn", &[("sink", "search")]).unwrap();
+    let received = value(&samples, "cdc_source_received_lsn", &[]).unwrap();
+    assert!(acked < received, "acknowledged {acked} is behind received {received}");
+    cdc.kill9();
+}
+
+#[tokio::test]
+async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
+    let node = support::search_url()
+        .expect("CDC_TEST_SEARCH_URL is not set: run the tests with scripts/test.sh (it starts the search node)");
+    let ok = support::receiver::Receiver::start();
+    let gone = support::receiver::Receiver::start();
+    gone.answer(support::receiver::Answer::Status(410, None));
+    let db = support::new_database("admin_sinks").await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, title text)").await;
+    let port = support::free_port();
+    let dir = support::temp_dir();
+    let toml = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n\
+         [sinks.search]\ntype = \"elasticsearch\"\nurl = \"{node}\"\nflush_interval = \"100ms\"\n\n\
+         [sinks.hook]\ntype = \"webhook\"\nurl = \"{ok}\"\nbatch_max_wait = \"0\"\n\n\
+         [sinks.gone]\ntype = \"webhook\"\nurl = \"{gone}\"\nbatch_max_wait = \"0\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{port}\"\n\n\
+         [[tables]]\ntable = \"items\"\nsinks = [\"search\", \"hook\", \"gone\"]\nindex = \"{name}\"\n",
+        url = db.url,
+        name = db.name,
+        ok = ok.url(),
+        gone = gone.url(),
+    );
+    let config = support::write_config(dir.path(), &toml);
+    let config = config.to_str().unwrap();
+    let setup = support::cdc(&["--config", config, "setup"]);
+    assert!(setup.status.success(), "{}", support::stderr_of(&setup));
+    let mut cdc = support::CdcProcess::start(&["--config", config, "run"], &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base, Duration::from_secs(60), "ready", |s, _| s == 200).await;
+
+    db.exec("INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 50) g")
+        .await;
+    let inserted = db.current_wal_lsn().await as f64;
+    ok.wait_for_events(50, Duration::from_secs(60));
+
+    // Every sink settled the 50 events: written to the index, delivered, or (410 Gone) stored
+    // as dead letters; each acknowledged the transaction.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let samples = loop {
+        let samples = scrape(&base).await;
+        let of = |name: &str, sink: &str| value(&samples, name, &[("sink", sink)]);
+        let done = of("cdc_sink_events_total", "search") == Some(50.0)
+            && of("cdc_sink_events_total", "hook") == Some(50.0)
+            && of("cdc_sink_dead_letters_total", "gone") == Some(50.0)
+            && ["search", "hook", "gone"]
+                .iter()
+                .all(|s| of("cdc_sink_acknowledged_lsn", s).is_some_and(|v| v >= inserted));
+        if done {
+            break samples;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the sinks' counters never showed 50 events settled:\n{samples:#?}\n{}",
+            cdc.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let of = |name: &str, sink: &str| value(&samples, name, &[("sink", sink)]);
+    for sink in ["search", "hook"] {
+        // Documents per request and events per batch add up to what was sent.
+        assert_eq!(
+            of("cdc_sink_batch_events_sum", sink),
+            Some(50.0),
+            "{sink}: {samples:#?}"
+        );
+        assert!(
+            of("cdc_sink_request_duration_seconds_count", sink).is_some_and(|n| n >= 1.0),
+            "{sink}: {samples:#?}"
+        );
+        assert_eq!(of("cdc_sink_requests_in_flight", sink), Some(0.0), "{sink}");
+        assert_eq!(of("cdc_sink_dead_letters_total", sink), Some(0.0), "{sink}");
+    }
+    assert_eq!(of("cdc_sink_events_total", "gone"), Some(0.0));
+    // cdc status counts the dead letters from Postgres.
+    let out = support::cdc(&["--config", config, "status"]);
+    let text = support::stdout_of(&out);
+    // (Rows of cdc.dead_letters: a webhook's are batches of up to 25 events.)
+    let batches = db
+        .query_one_i64("SELECT count(*) FROM cdc.dead_letters WHERE sink = 'gone'")
+        .await;
+    assert!(batches >= 2, "50 events in batches of at most 25");
+    assert!(
+        text.contains(&format!(
+            "sink gone (webhook): {batches} dead letters, 0 batches in the outbox"
+        )),
+        "{text}"
+    );
+    assert!(text.contains("sink search (elasticsearch): 0 dead letters"), "{text}");
+    cdc.kill9();
+}
