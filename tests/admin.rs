@@ -364,3 +364,81 @@ async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
     assert!(text.contains("sink search (elasticsearch): 0 dead letters"), "{text}");
     cdc.kill9();
 }
+
+/// A webhook endpoint in block mode that keeps failing holds the slot: once `stall_after` passes
+/// without an acknowledgement, `/ready` is 503 naming the sink, and the lag grows. When the
+/// endpoint answers again, the sink catches up, `/ready` is 200 again and the lag falls to 0.
+#[tokio::test]
+async fn a_blocked_webhook_stalls_ready_and_both_recover_when_the_endpoint_is_back() {
+    use support::receiver::{Answer, Receiver};
+    let receiver = Receiver::start();
+    receiver.answer(Answer::Status(500, None));
+    let db = support::new_database("admin_block").await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, title text)").await;
+    let port = support::free_port();
+    let dir = support::temp_dir();
+    let toml = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n\
+         [sinks.hook]\ntype = \"webhook\"\nurl = \"{hook}\"\non_exhausted = \"block\"\nretry = [\"500ms\"]\nbatch_max_wait = \"0\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{port}\"\nstall_after = \"3s\"\n\n\
+         [[tables]]\ntable = \"items\"\nsinks = [\"hook\"]\n",
+        url = db.url,
+        name = db.name,
+        hook = receiver.url(),
+    );
+    let config = support::write_config(dir.path(), &toml);
+    let config = config.to_str().unwrap();
+    let setup = support::cdc(&["--config", config, "setup"]);
+    assert!(setup.status.success(), "{}", support::stderr_of(&setup));
+    let mut cdc = support::CdcProcess::start(&["--config", config, "run"], &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base, Duration::from_secs(60), "ready and streaming", |status, b| {
+        status == 200 && b["source"]["status"] == "streaming"
+    })
+    .await;
+
+    db.exec("INSERT INTO items VALUES (1, 'held')").await;
+    let (_, body) = wait_ready(
+        &base,
+        Duration::from_secs(60),
+        "the blocked sink stalled",
+        |status, b| status == 503 && b["sinks"][0]["status"] == "stalled",
+    )
+    .await;
+    assert!(
+        body["problems"].to_string().contains("sink hook: stalled"),
+        "the reason names the sink: {body}"
+    );
+    let lag = |samples: &[prometheus_parse::Sample]| value(samples, "cdc_source_lag_seconds", &[]).unwrap();
+    // The lag grows while the endpoint fails (it is the held insert's age, refreshed every 200 ms).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let held = lag(&scrape(&base).await);
+        if held >= 4.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lag did not grow while the endpoint failed: {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    receiver.answer(Answer::Ok);
+    let events = receiver.wait_for_events(1, Duration::from_secs(60));
+    assert_eq!(events[0]["new"]["title"], "held");
+    wait_ready(&base, Duration::from_secs(60), "ready again", |status, b| {
+        status == 200 && b["sinks"][0]["status"] == "ok"
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = lag(&scrape(&base).await);
+        if now == 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lag never fell back to 0: {now}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(cdc.sigterm().success(), "{}", cdc.stderr_text());
+}
