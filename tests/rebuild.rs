@@ -343,7 +343,7 @@ async fn a_partitioned_table_is_rebuilt_from_all_its_partitions() {
 /// A table of many types, under a projection (a column left out) and a filter.
 const TYPES_DDL: &str = "CREATE TABLE things (id int PRIMARY KEY, kind text NOT NULL, name text, price numeric(10,3), ratio float8, \
      flag bool, born date, seen timestamp, at timestamptz, span interval, tags text[], matrix int[], meta jsonb, raw bytea, \
-     uid uuid, secret text);";
+     uid uuid, secret text, twice int GENERATED ALWAYS AS (id * 2) STORED);";
 
 fn things_mapping(index: &str, sink: &str) -> String {
     format!(
@@ -358,7 +358,8 @@ const THINGS_ROWS: &str = "INSERT INTO things SELECT g, CASE g % 3 WHEN 0 THEN '
      md5(g::text)::uuid, 'hidden' FROM generate_series(1, 600) g";
 
 /// The same rows under the same projection and filter, once streamed by `cdc run` and once
-/// rebuilt: the same ids and byte-identical documents.
+/// rebuilt: the same ids and byte-identical documents (a generated column, which pgoutput does
+/// not send, is in neither).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuilt_index_equals_the_streamed_one_under_a_filter_and_a_projection() {
     let _serial = support::serial();
@@ -403,7 +404,7 @@ async fn a_rebuilt_index_equals_the_streamed_one_under_a_filter_and_a_projection
     }
     let sample = &streamed_docs["2"];
     assert!(
-        !sample.contains("secret") && sample.contains("\"name\":\"moved in\""),
+        !sample.contains("secret") && !sample.contains("twice") && sample.contains("\"name\":\"moved in\""),
         "{sample}"
     );
     let verified = s.cdc(&["verify", "--all"]);
