@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
-use support::search::{assert_index_equals_table, http, index_docs, node_url, search_when_ready};
+use support::search::{assert_index_equals_table, http, index_docs, node_url, versioned_docs};
 use support::{new_database, write_config, CdcProcess, TestDb};
 
 struct Setup {
@@ -706,44 +706,8 @@ async fn a_wrong_password_is_a_clear_error_retried_until_fixed() {
     cdc.sigterm();
 }
 
-/// Raw `_source` text and version of every document of `index` (an alias), by id: the bytes
-/// the node stores, to compare documents byte for byte.
-async fn raw_docs(node: &str, index: &str) -> BTreeMap<String, (u64, String)> {
-    #[derive(serde::Deserialize)]
-    struct Search<'a> {
-        #[serde(borrow)]
-        hits: Hits<'a>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Hits<'a> {
-        #[serde(borrow)]
-        hits: Vec<Hit<'a>>,
-    }
-    #[derive(serde::Deserialize)]
-    struct Hit<'a> {
-        _id: String,
-        _version: u64,
-        #[serde(borrow)]
-        _source: &'a serde_json::value::RawValue,
-    }
-    let (status, _) = http(reqwest::Method::POST, &format!("{node}/{index}/_refresh"), None).await;
-    if status == 404 {
-        return BTreeMap::new();
-    }
-    let url = format!("{node}/{index}/_search?size=1000&version=true");
-    let (status, text) = search_when_ready(&url, json!({})).await;
-    assert_eq!(status, 200, "{url}: {text:.300}");
-    let search: Search = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{url}: {e}: {text:.300}"));
-    search
-        .hits
-        .hits
-        .into_iter()
-        .map(|h| (h._id, (h._version, h._source.get().to_string())))
-        .collect()
-}
-
 /// Waits until every document of `index` satisfies `pred` (and there are `n`); returns them.
-async fn wait_raw_docs(
+async fn wait_versioned_docs(
     node: &str,
     index: &str,
     n: usize,
@@ -751,7 +715,7 @@ async fn wait_raw_docs(
 ) -> BTreeMap<String, (u64, String)> {
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let docs = raw_docs(node, index).await;
+        let docs = versioned_docs(node, index).await;
         if docs.len() == n && docs.values().all(|(version, source)| pred(*version, source)) {
             return docs;
         }
@@ -849,7 +813,7 @@ async fn keys_of_every_type_find_their_rows_and_every_path_writes_the_same_docum
     // Written by the stream: every value was in the insert.
     let mut streamed = BTreeMap::new();
     for (table, _, _) in KEY_TABLES {
-        let docs = wait_raw_docs(&node, &format!("{prefix}_{table}_a"), 3, |_, _| true).await;
+        let docs = wait_versioned_docs(&node, &format!("{prefix}_{table}_a"), 3, |_, _| true).await;
         streamed.insert(*table, docs);
     }
 
@@ -861,7 +825,7 @@ async fn keys_of_every_type_find_their_rows_and_every_path_writes_the_same_docum
     let after_update = s.db.current_wal_lsn().await;
     for (table, _, _) in KEY_TABLES {
         let index = format!("{prefix}_{table}_a");
-        let read_back = wait_raw_docs(&node, &index, 3, |version, _| version > before_update).await;
+        let read_back = wait_versioned_docs(&node, &index, 3, |version, _| version > before_update).await;
         for (id, (_, source)) in &read_back {
             assert_eq!(
                 Some(source),
@@ -897,7 +861,7 @@ async fn keys_of_every_type_find_their_rows_and_every_path_writes_the_same_docum
         support::stdout_of(&replayed)
     );
     for (table, _, _) in KEY_TABLES {
-        let replayed = raw_docs(&node, &format!("{prefix}_{table}_b")).await;
+        let replayed = versioned_docs(&node, &format!("{prefix}_{table}_b")).await;
         let sources = |docs: &BTreeMap<String, (u64, String)>| -> BTreeMap<String, String> {
             docs.iter().map(|(id, (_, s))| (id.clone(), s.clone())).collect()
         };

@@ -37,6 +37,15 @@ pub async fn http_text(method: reqwest::Method, url: &str, body: Option<Value>) 
 /// Every document of `index` with its `_source` exactly as stored (bytes, not re-serialized),
 /// after a refresh; paged by `search_after` on `_id`, so any size works.
 pub async fn raw_docs(node: &str, index: &str) -> BTreeMap<String, String> {
+    versioned_docs(node, index)
+        .await
+        .into_iter()
+        .map(|(id, (_, source))| (id, source))
+        .collect()
+}
+
+/// [`raw_docs`] with each document's version (the commit LSN cdc wrote it with).
+pub async fn versioned_docs(node: &str, index: &str) -> BTreeMap<String, (u64, String)> {
     let (status, _) = http(reqwest::Method::POST, &format!("{node}/{index}/_refresh"), None).await;
     if status == 404 {
         return BTreeMap::new();
@@ -54,13 +63,18 @@ pub async fn raw_docs(node: &str, index: &str) -> BTreeMap<String, String> {
     #[derive(serde::Deserialize)]
     struct Hit<'a> {
         _id: String,
+        _version: u64,
         #[serde(borrow)]
         _source: &'a serde_json::value::RawValue,
     }
     let mut out = BTreeMap::new();
     let mut after: Option<String> = None;
     loop {
-        let mut body = json!({"size": 10000, "sort": [{"_id": {"order": "asc", "unmapped_type": "keyword"}}]});
+        let mut body = json!({
+            "size": 10000,
+            "version": true,
+            "sort": [{"_id": {"order": "asc", "unmapped_type": "keyword"}}],
+        });
         if let Some(after) = &after {
             body["search_after"] = json!([after]);
         }
@@ -70,7 +84,7 @@ pub async fn raw_docs(node: &str, index: &str) -> BTreeMap<String, String> {
         let n = reply.hits.hits.len();
         for hit in reply.hits.hits {
             after = Some(hit._id.clone());
-            out.insert(hit._id, hit._source.get().to_string());
+            out.insert(hit._id, (hit._version, hit._source.get().to_string()));
         }
         if n < 10000 {
             return out;
