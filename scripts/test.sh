@@ -16,6 +16,8 @@
 # Env: CDC_TEST_TMPDIR (default /tmp) is where the run's temp dir is made;
 #      CDC_TEST_KEEP=1 keeps the temp dir (logs, data) after the run;
 #      CDC_TEST_SKIP_SEARCH=1 does not start the search node even when its script exists.
+# The whole suite (or `--test examples`) also gets a compose client from scripts/compose.sh, in
+# CDC_TEST_COMPOSE, for the docker-compose.yml check.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)"
@@ -56,6 +58,16 @@ build_cmd=(cargo test "${targets[@]+"${targets[@]}"}" "${cargo_args[@]+"${cargo_
 # --no-fail-fast: one failing suite must not hide the others' results.
 test_cmd=(cargo test --no-fail-fast "${targets[@]+"${targets[@]}"}" "${cargo_args[@]+"${cargo_args[@]}"}")
 if [[ ${#test_args[@]} -gt 0 ]]; then test_cmd+=(-- "${test_args[@]}"); fi
+
+# --- a compose client for tests/examples.rs (docker-compose.yml checked by reading) ------------
+# Built in the background while the lint and the build run; the test skips, saying why, when
+# there is none.
+compose_pid=""
+if [[ $# -eq 0 || " $* " == *" examples "* || " $* " == *"--test=examples"* ]]; then
+    mkdir -p .tmp
+    bash scripts/compose.sh path >.tmp/compose-path 2>.tmp/compose.log &
+    compose_pid=$!
+fi
 
 # --- lint: the fastest failures first (the whole suite only, not a selection) --------------------
 if [[ $# -eq 0 && "${CDC_TEST_SKIP_LINT:-}" != 1 ]]; then
@@ -144,6 +156,16 @@ if [[ -f scripts/search-node.sh && "${CDC_TEST_SKIP_SEARCH:-}" != 1 ]]; then
         || die "scripts/search-node.sh start failed (see above); set CDC_TEST_SKIP_SEARCH=1 to run without it"
     eval "$search_env"
     echo "  CDC_TEST_SEARCH_URL=${CDC_TEST_SEARCH_URL:-<not set by search-node.sh>}"
+fi
+
+if [[ -n "$compose_pid" ]]; then
+    section "compose client (scripts/compose.sh)"
+    if wait "$compose_pid"; then
+        export CDC_TEST_COMPOSE="$(cat .tmp/compose-path)"
+        echo "  CDC_TEST_COMPOSE=$CDC_TEST_COMPOSE"
+    else
+        echo "  none: the docker-compose.yml check skips ($(tail -n 1 .tmp/compose.log))"
+    fi
 fi
 
 # --- tests -------------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ pub struct Source {
     pub reconnects: Counter,
     /// 1 while a replication session streams.
     pub connected: Gauge,
+    /// 1 while the slot is active for another reader and this process waits to take over.
+    pub standby: Gauge,
     /// End LSN of the last transaction handed to the router.
     pub received_lsn: Gauge,
     /// The position cdc confirms to Postgres (the minimum over sinks).
@@ -156,6 +158,7 @@ impl Metrics {
             events: Family::default(),
             reconnects: Counter::default(),
             connected: Gauge::default(),
+            standby: Gauge::default(),
             received_lsn: Gauge::default(),
             confirmed_lsn: Gauge::default(),
             lag_bytes: Gauge::default(),
@@ -176,6 +179,11 @@ impl Metrics {
             "cdc_source_connected",
             "1 while a replication session streams",
             source.connected.clone(),
+        );
+        registry.register(
+            "cdc_source_standby",
+            "1 while the slot is active for another reader (another cdc) and this one waits to take over",
+            source.standby.clone(),
         );
         registry.register(
             "cdc_source_received_lsn",

@@ -123,7 +123,7 @@ pub struct Readiness {
 
 #[derive(Serialize)]
 pub struct SourceReadiness {
-    /// "streaming" or "connecting".
+    /// "streaming", "standby" (the slot is active for another reader) or "connecting".
     pub status: &'static str,
     pub received_lsn: String,
     pub confirmed_lsn: String,
@@ -163,7 +163,13 @@ fn readiness(shared: &Shared) -> Readiness {
     let slot = shared.slot.lock().expect("slot lock").clone();
     let mut problems = Vec::new();
     let streaming = m.source.connected.get() == 1;
-    if !streaming {
+    let standby = !streaming && m.source.standby.get() == 1;
+    if standby {
+        problems.push(
+            "source: standby: the slot is active for another reader (another cdc run); this one takes over when it is released"
+                .to_string(),
+        );
+    } else if !streaming {
         problems.push("source: not streaming (connecting to Postgres, or retrying: see the log)".to_string());
     }
     if slot.wal_status.as_deref() == Some("lost") {
@@ -223,7 +229,13 @@ fn readiness(shared: &Shared) -> Readiness {
     Readiness {
         ready: problems.is_empty(),
         source: SourceReadiness {
-            status: if streaming { "streaming" } else { "connecting" },
+            status: if streaming {
+                "streaming"
+            } else if standby {
+                "standby"
+            } else {
+                "connecting"
+            },
             received_lsn: Lsn(received).to_string(),
             confirmed_lsn: Lsn(m.source.confirmed_lsn.get() as u64).to_string(),
             slot_wal_status: slot.wal_status,

@@ -11,15 +11,23 @@ use crate::config::Config;
 use crate::event::Lsn;
 use crate::router::Router;
 use crate::sinks;
-use crate::source::stream;
+use crate::source::{standby, stream};
 
 /// Runs until SIGINT/SIGTERM, or until every transaction up to `stop_at` is delivered.
 pub async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<()> {
+    // Lives as long as the run: the admin server and the slot probe stop when it is dropped.
+    let _admin = crate::admin::start(config.admin.as_ref(), &config.source).await?;
+    // A standby starts its sinks only once the slot is free (see `standby`).
+    tokio::select! {
+        _ = standby::wait_for_slot(&config.source) => {}
+        _ = wait_for_signal() => {
+            tracing::info!("shutdown requested while standing by");
+            return Ok(());
+        }
+    }
     let mut checkpoint = Checkpoint::new();
     let (senders, mut running) = sinks::spawn_all(&config, &mut checkpoint)?;
     let mut router = Router::new(&config.tables, senders);
-    // Lives as long as the run: the admin server and the slot probe stop when it is dropped.
-    let _admin = crate::admin::start(config.admin.as_ref(), &config.source).await?;
 
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let sink_failed = running.failed();

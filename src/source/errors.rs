@@ -49,6 +49,12 @@ pub fn sqlstate(e: &anyhow::Error) -> Option<String> {
     })
 }
 
+/// Whether the slot is active for another reader (SQLSTATE 55006 "object in use"): another
+/// `cdc run` streams from it, and this one stands by until it is released.
+pub fn slot_in_use(e: &anyhow::Error) -> bool {
+    sqlstate(e).as_deref() == Some("55006")
+}
+
 /// Whether an error with this SQLSTATE may heal by itself, so is worth retrying: connection exceptions (08), serialization and
 /// deadlock (40), insufficient resources such as too many connections (53), operator
 /// intervention such as a shutdown or a server still starting (57), system errors (58) and
@@ -88,9 +94,10 @@ mod tests {
         let e = server("le mot de passe est incorrect (SQLSTATE 28P01)");
         assert_eq!(sqlstate(&e).as_deref(), Some("28P01"));
         assert!(is_fatal(&e));
-        assert!(!is_fatal(&server(
-            r#"replication slot "cdc" is active for PID 7 (SQLSTATE 55006)"#
-        )));
+        let in_use = server(r#"replication slot "cdc" is active for PID 7 (SQLSTATE 55006)"#);
+        assert!(!is_fatal(&in_use));
+        assert!(slot_in_use(&in_use), "a standby waits for the slot");
+        assert!(!slot_in_use(&server("connection refused (SQLSTATE 08006)")));
         assert!(!is_fatal(&anyhow::Error::new(PgWireError::Io(std::sync::Arc::new(
             std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
         )))));

@@ -7,6 +7,7 @@
 //! - `relations`: the relation cache (OID → table, columns, key), kept current mid-stream.
 //! - `values`: Postgres text values → JSON values, by type.
 //! - `changes`: decoded row changes → events.
+//! - `standby`: a second `cdc run` waits while another holds the slot, then takes over.
 //! - `tls`: `sslmode` and certificates from the URL, for both connections.
 //! - `stream`: the loop: reconnects, decodes, hands events to the router and reports the
 //!   checkpoint's position back to Postgres.
@@ -17,6 +18,7 @@ pub mod errors;
 pub mod identity;
 pub mod pgoutput;
 pub mod relations;
+pub mod standby;
 pub mod stream;
 pub mod tls;
 pub mod values;

@@ -82,9 +82,34 @@ pub async fn run(
                 crate::admin::metrics::global().source.connected.set(0);
                 return Err(e);
             }
+            Err(SessionError::Retry(e)) if errors::slot_in_use(&e) => {
+                // Another reader (another `cdc run` with this config) streams from the slot: this
+                // one is its standby. Postgres releases the slot as soon as that reader's
+                // connection ends, so try again often (not with the doubling backoff) to take
+                // over within seconds; say so once, not on every try.
+                let metrics = crate::admin::metrics::global();
+                metrics.source.connected.set(0);
+                if metrics.source.standby.get() == 0 {
+                    metrics.source.standby.set(1);
+                    tracing::warn!(
+                        slot = %source.slot,
+                        "standing by: the slot is active for another reader (another cdc run?): {:#}; \
+                         trying to take it over every {}s",
+                        e,
+                        super::standby::RETRY.as_secs()
+                    );
+                } else {
+                    tracing::debug!(slot = %source.slot, "still standing by: {:#}", e);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(super::standby::RETRY) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
             Err(SessionError::Retry(e)) => {
                 let metrics = crate::admin::metrics::global();
                 metrics.source.connected.set(0);
+                metrics.source.standby.set(0);
                 metrics.source.reconnects.inc();
                 let wait = backoff.next_wait();
                 tracing::error!("{}: {:#}; retrying in {}s", target.describe(), e, wait.as_secs());
@@ -131,9 +156,14 @@ async fn session(
     let cfg = target.replication_config(&source.slot, &source.publication, "cdc", source.status_interval);
     let mut client = ReplicationClient::connect(cfg).await.context("starting replication")?;
     client.wait_started().await.map_err(|e| classify(e.into()))?;
+    let metrics = crate::admin::metrics::global();
+    if metrics.source.standby.get() == 1 {
+        metrics.source.standby.set(0);
+        tracing::warn!(slot = %source.slot, "took over the slot: the reader that held it is gone");
+    }
     tracing::info!(slot = %source.slot, publication = %source.publication, "streaming from {}", target.describe());
     backoff.reset();
-    crate::admin::metrics::global().source.connected.set(1);
+    metrics.source.connected.set(1);
 
     let mut relations = RelationCache::default();
     let mut txn: Option<Txn> = None;
