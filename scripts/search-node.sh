@@ -12,6 +12,10 @@
 #
 # Environment: CDC_OPENSEARCH_VERSION (default 2.19.6: the newest 2.19 that runs on Java 17),
 # CDC_SEARCH_HEAP (default 512m), CDC_CACHE_DIR (default ~/.cache/cdc, or /var/cache/cdc as root).
+# A node of a cluster instead of a single node (tests/search_cluster.rs): CDC_SEARCH_CLUSTER (the
+# cluster's name), CDC_SEARCH_SEEDS (every node's transport address, host:port,...; write each
+# node's port to DIR/transport.port before starting it), CDC_SEARCH_MANAGER (the node name, =
+# DIR's base name, that bootstraps the cluster) and CDC_SEARCH_ROLES (default: every role).
 set -euo pipefail
 
 version=${CDC_OPENSEARCH_VERSION:-2.19.6}
@@ -118,6 +122,13 @@ start() {
     while [ "$up" != / ]; do up=$(dirname "$up"); chmod o+x "$up" 2>/dev/null || true; done
     run=(runuser -u "$node_user" --)
   fi
+  local cluster=(-Ecluster.name=cdc-test -Enode.name=cdc-test -Ediscovery.type=single-node)
+  if [ -n "${CDC_SEARCH_CLUSTER:-}" ]; then
+    cluster=(-Ecluster.name="$CDC_SEARCH_CLUSTER" -Enode.name="$(basename "$dir")"
+      -Ediscovery.seed_hosts="${CDC_SEARCH_SEEDS:?CDC_SEARCH_SEEDS: every node transport address}"
+      -Ecluster.initial_cluster_manager_nodes="${CDC_SEARCH_MANAGER:?CDC_SEARCH_MANAGER: the bootstrapping node}")
+    if [ -n "${CDC_SEARCH_ROLES:-}" ]; then cluster+=(-Enode.roles="$CDC_SEARCH_ROLES"); fi
+  fi
   log "starting OpenSearch $version on 127.0.0.1:$port (data in $dir)"
   (cd "$dir" && "${run[@]}" env -i PATH="$PATH" HOME="$dir" \
     OPENSEARCH_JAVA_HOME="$(java_home)" \
@@ -125,9 +136,7 @@ start() {
     OPENSEARCH_TMPDIR="$dir/tmp" \
     OPENSEARCH_JAVA_OPTS="-Xms$heap -Xmx$heap -XX:HeapDumpPath=$dir/tmp -XX:ErrorFile=$dir/logs/hs_err_pid%p.log" \
     "$home/bin/opensearch" -d -p "$dir/opensearch.pid" \
-    -Ecluster.name=cdc-test \
-    -Enode.name=cdc-test \
-    -Ediscovery.type=single-node \
+    "${cluster[@]}" \
     -Enetwork.host=127.0.0.1 \
     -Ehttp.port="$port" \
     -Etransport.port="$transport" \
@@ -140,7 +149,7 @@ start() {
   until answers "$port"; do
     if [ $SECONDS -ge $deadline ] || { [ -f "$dir/opensearch.pid" ] && ! alive "$dir"; }; then
       log "OpenSearch did not answer on port $port; the end of its log:"
-      tail -n 40 "$dir/logs/cdc-test.log" >&2 2>/dev/null || tail -n 40 "$dir/stdout.log" >&2
+      tail -n 40 "$dir/logs/${CDC_SEARCH_CLUSTER:-cdc-test}.log" >&2 2>/dev/null || tail -n 40 "$dir/stdout.log" >&2
       stop "$dir" >/dev/null 2>&1 || true
       exit 1
     fi

@@ -44,6 +44,8 @@ impl Reply {
 #[derive(Clone)]
 pub struct Service {
     client: Elasticsearch,
+    /// How many node URLs the pool takes turns over.
+    nodes: usize,
     timeout: Duration,
     /// The first URL, to name the node in messages.
     pub url: String,
@@ -57,6 +59,7 @@ impl Service {
             .map(|u| Url::parse(u).with_context(|| format!("{u:?} is not a URL")))
             .collect::<anyhow::Result<Vec<Url>>>()?;
         let first = urls.first().context("no node URL configured")?.to_string();
+        let urls_count = urls.len();
         let mut builder = if urls.len() == 1 {
             TransportBuilder::new(SingleNodeConnectionPool::new(urls[0].clone()))
         } else {
@@ -83,13 +86,31 @@ impl Service {
             .context("building the HTTP client")?;
         Ok(Service {
             client: Elasticsearch::new(transport),
+            nodes: urls_count,
             timeout: config.request_timeout,
             url: first.trim_end_matches('/').to_string(),
         })
     }
 
-    /// One request; `body` is JSON (or NDJSON for `_bulk`).
+    /// One request; `body` is JSON (or NDJSON for `_bulk`). With several nodes the pool hands
+    /// each request to the next one in turn, so a node that refuses connections (stopped) is
+    /// skipped at once by sending to the next, instead of costing every other request a retry's
+    /// wait. Only refused connections: nothing reached the node, so sending again is safe for
+    /// any request; a timeout is left to the caller's retry.
     pub async fn send(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply, elasticsearch::Error> {
+        let mut skips = 2 * self.nodes - 1; // concurrent requests move the pool too: go round twice
+        loop {
+            match self.send_once(method, path, body.clone()).await {
+                Err(e) if skips > 0 && refused(&e) => {
+                    skips -= 1;
+                    tracing::debug!("a node refused the connection: {e}; sending to the next node");
+                }
+                reply => return reply,
+            }
+        }
+    }
+
+    async fn send_once(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply, elasticsearch::Error> {
         let mut headers = HeaderMap::new();
         if path.ends_with("_bulk") {
             headers.insert("content-type", "application/x-ndjson".parse().expect("a valid header"));
@@ -109,5 +130,48 @@ impl Service {
 
     pub async fn get(&self, path: &str) -> Result<Reply, elasticsearch::Error> {
         self.send(Method::Get, path, None).await
+    }
+}
+
+/// Whether the request never reached a node: the connection was refused. Read from the I/O
+/// error at the bottom of the chain (the client's own HTTP crate is not the version cdc uses,
+/// so its error type cannot be asked).
+fn refused(e: &elasticsearch::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_refused_connection_is_recognised_through_the_clients_error() {
+        // Two ports nobody listens on: every attempt is refused, so the request fails after
+        // going round the nodes, and the error is the refused connection.
+        let closed = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let config: SearchConfig = toml::from_str(&format!(
+            "urls = [\"http://127.0.0.1:{}\", \"http://127.0.0.1:{}\"]",
+            closed(),
+            closed()
+        ))
+        .unwrap();
+        let service = Service::new(&config).unwrap();
+        let e = service.get("/").await.unwrap_err();
+        assert!(refused(&e), "{e:?}");
     }
 }
