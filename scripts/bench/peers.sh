@@ -60,7 +60,9 @@
 #   peers_table "$changes" < "$work/peers"          # with the caller's own lines added
 #
 # Env: PEERS_CACHE (default <repo>/.tmp/bench-peers), PEERS_JAVA_OPTS (extra JVM options),
-# PEERS_IDLE_SECONDS (debezium gives up after this long without a record; default 120).
+# PEERS_IDLE_SECONDS (debezium gives up after this long without a record; default 120),
+# PEERS_VERBOSE=1 (copy each reader's stderr to ours; with PEERS_JAVA_OPTS=-Dreader.sample=true
+# the Debezium reader prints its first JSON record there).
 
 PEERS_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 PEERS_CACHE="${PEERS_CACHE:-$PEERS_ROOT/.tmp/bench-peers}"
@@ -169,8 +171,8 @@ peers_slot_plugin() {  # TOOL
 
 # Drop one slot, waiting for a walsender that is still exiting to release it.
 peers_drop_slot() {  # URL SLOT
-  local i
-  for i in $(seq 1 50); do
+  local _
+  for _ in $(seq 1 50); do
     [[ -n "$(peers_psql "$1" -c "SELECT 1 FROM pg_replication_slots WHERE slot_name = '$2'" 2>/dev/null)" ]] || return 0
     peers_psql "$1" -c "SELECT pg_drop_replication_slot('$2')" >/dev/null 2>&1 && return 0
     sleep 0.2
@@ -254,8 +256,13 @@ peer_run() {  # TOOL URL SLOT PUBLICATION END_LSN CHANGES
       echo "peer=$tool skipped=\"unknown tool (wal2json, debezium, pgoutput)\""; rm -rf "$out"; return 0 ;;
   esac
   if [[ "$slot" == bench_peer_* ]]; then peers_drop_slot "$url" "$slot"; fi
+  if [[ -n "${PEERS_VERBOSE:-}" && -s "$out/err" ]]; then sed "s/^/peers: $tool: /" "$out/err" >&2; fi
   if [[ $rc != 0 || ! -s "$out/time" ]]; then
-    echo "peer=$tool skipped=\"failed (exit $rc): $(grep -v '^Command exited' "$out/err" 2>/dev/null | tail -n 3 | tr '\n"' ' '"'"'' | cut -c1-300)\""
+    # The reader's own last word when it has one, else the last lines (no stack traces).
+    local why
+    why=$(grep '^debezium reader:' "$out/err" 2>/dev/null | tail -n 1) || true
+    [[ -n "$why" ]] || why=$(grep -v -e '^Command exited' -e '^[[:space:]]*at ' "$out/err" 2>/dev/null | tail -n 3) || true
+    echo "peer=$tool skipped=\"failed (exit $rc): $(echo "$why" | tr '\n"' ' '"'"'' | cut -c1-300)\""
     rm -rf "$out"; return 0
   fi
   # /usr/bin/time -o writes "Command exited with non-zero status" first when rc != 0: last line.
@@ -305,7 +312,7 @@ peers_selftest() {
   # (copies of bench_recv after the load, wal2json's with its plugin swapped in).
   for mode in ${PEERS_SELFTEST_MODES:-create copy}; do
     echo "== selftest, peer slots by $mode: 20,000 one-row transactions + one 100,000-row insert"
-    peers_psql "$url" -c "DROP TABLE IF EXISTS items; CREATE TABLE items (id int PRIMARY KEY, title text, price numeric(10,2), updated_at timestamptz DEFAULT now());
+    peers_psql "$url" -c "SET client_min_messages = warning; DROP TABLE IF EXISTS items; CREATE TABLE items (id int PRIMARY KEY, title text, price numeric(10,2), updated_at timestamptz DEFAULT now());
       DROP SEQUENCE IF EXISTS bench_ids; CREATE SEQUENCE bench_ids START 1000001;
       DROP PUBLICATION IF EXISTS bench; CREATE PUBLICATION bench FOR TABLE items;"
     peers_psql "$url" -c "SELECT pg_create_logical_replication_slot('bench_recv', 'pgoutput')" >/dev/null

@@ -86,6 +86,8 @@ public final class Reader {
         final AtomicLong lastAt = new AtomicLong(System.nanoTime());  // idle clock starts now
         final AtomicReference<String> lastValue = new AtomicReference<>();
         final CountDownLatch done = new CountDownLatch(1);
+        // -Dreader.sample=true: print the first record's JSON to stderr, to see what is made.
+        final boolean sample = Boolean.getBoolean("reader.sample");
         final AtomicReference<String> stopped = new AtomicReference<>();
 
         DebeziumEngine<ChangeEvent<String, String>> engine = DebeziumEngine.create(Json.class)
@@ -99,7 +101,9 @@ public final class Reader {
                         return;
                     }
                     long now = System.nanoTime();
-                    firstAt.compareAndSet(0, now);
+                    if (firstAt.compareAndSet(0, now) && sample) {
+                        System.err.println("debezium reader: first record: " + value);
+                    }
                     lastAt.set(now);
                     bytes.addAndGet(value.length());  // uses the JSON so nothing can skip making it
                     if (count.incrementAndGet() == changes) {
@@ -142,6 +146,9 @@ public final class Reader {
 
         // Stop the engine from this thread (not from the consumer's); do not let a slow
         // shutdown stretch the measured time past a few seconds.
+        if (stopped.get() != null) {
+            System.exit(exit);  // the engine stopped by itself: nothing to close
+        }
         Thread closer = new Thread(() -> {
             try {
                 engine.close();
@@ -152,8 +159,7 @@ public final class Reader {
         closer.setDaemon(true);
         closer.start();
         closer.join(5000);
-        executor.shutdownNow();
-        System.exit(exit);
+        System.exit(exit);  // also ends the engine's thread if close timed out
     }
 
     /** source.lsn of a Debezium JSON value (a number), as PostgreSQL's X/X text; "-" if none. */
