@@ -11,7 +11,8 @@
 #
 # Interface (all messages on stderr; the result lines on stdout):
 #   peers_prepare [PG_BIN]
-#       Once, after scripts/postgres.sh start (PG_BIN defaults to $CDC_TEST_PG_BIN). Installs
+#       Once, after scripts/postgres.sh start (PG_BIN defaults to $CDC_TEST_PG_BIN), called
+#       directly, not in $(...): it records skipped peers in this shell (PEERS_SKIP). Installs
 #       postgresql-<major>-wal2json with apt-get when missing; builds the Debezium reader into
 #       .tmp/bench-peers/debezium (rebuilt only when pom.xml or Reader.java change). A peer that
 #       fails is marked skipped (see peer_skipped) with its reason.
@@ -29,23 +30,26 @@
 #       source.sh runs it). SLOT: the slot to read; "-" or "" means $(peer_slot TOOL). Reads
 #       to END_LSN (debezium: until it has counted CHANGES records; see Reader.java for why),
 #       drops the slot it read when that slot is a bench_peer_* one, and prints ONE line:
-#         peer=TOOL seconds=WALL cpu=USER+SYS rss_mb=PEAK changes=COUNTED [extra key=value...]
-#       or, when the peer is skipped or fails:
+#         peer=TOOL seconds=WALL cpu=USER+SYS rss_mb=PEAK changes=COUNTED server_cpu=S [extra...]
+#       or, when the peer is skipped or fails (the reason has no double quote):
 #         peer=TOOL skipped="REASON"
-#       seconds, cpu and rss_mb are the client process's (/usr/bin/time -f), like source.sh
-#       measures cdc. The walsender's work (decoding, wal2json's JSON) is server-side, in none
-#       of them. changes: records counted by the reader ("-" for pgoutput, whose binary output
-#       goes to /dev/null as in source.sh). debezium adds startup_s (JVM start to first
-#       record), stream_s (first to last record), bytes (JSON chars) and last_lsn.
+#       seconds, cpu and rss_mb are the client process's (/usr/bin/time -f "%e %U %S %M"), like
+#       source.sh measures cdc. server_cpu: user+sys seconds of the walsender that served the
+#       slot (sampled from /proc every 0.1 s; "-" when the run was too short to see it), where
+#       decoding and wal2json's JSON happen, so in none of the client's figures. changes:
+#       records counted by the reader ("-" for pgoutput, whose binary output goes to /dev/null
+#       as in source.sh). debezium adds bytes (JSON chars made), startup_s (JVM start to first
+#       record), stream_s (first to last record) and last_lsn (source.lsn of the last record).
 #   peers_drop_slots URL
 #       Drops any bench_peer_* slot left (idempotent); call it where source.sh drops its slots.
 #   peer_slot TOOL            prints the slot name of TOOL (bench_peer_TOOL).
 #   peer_skipped TOOL         exit 0 (and the reason on stdout) when TOOL is skipped.
 #   peers_table CHANGES       reads peer lines on stdin (any tool name, e.g. a line for cdc made
 #                             by the caller in the same format) and prints one table: tool,
-#                             seconds, changes/s, ratio to pg_recvlogical (its seconds / the
-#                             tool's: > 1 is faster; baseline = the line with peer=pgoutput, or
-#                             PEERS_BASELINE_SECONDS), peak RSS, CPU seconds.
+#                             seconds, changes/s (CHANGES / seconds), ratio to pg_recvlogical
+#                             (its seconds / the tool's: > 1 is faster; baseline = the line with
+#                             peer=pgoutput, or PEERS_BASELINE_SECONDS), peak RSS, CPU seconds,
+#                             server CPU seconds, and a note (skip reason, count mismatch).
 #
 # Call order in source.sh (per shape, inside run_shape):
 #   peers_prepare                                   # once, after postgres.sh start
@@ -80,7 +84,7 @@ peer_skipped() {
 }
 
 peers_skip() {  # TOOL REASON
-  PEERS_SKIP[$1]="$2"
+  PEERS_SKIP[$1]="${2//\"/\'}"  # no double quote: the reason is printed as skipped="..."
   peers_log "$1 skipped: $2"
 }
 
@@ -210,13 +214,48 @@ peers_drop_slots() {  # URL
 # LSN text X/Y to a number, for comparisons.
 peers_lsn() { local h=${1%/*} l=${1#*/}; echo $(( (16#$h << 32) | 16#$l )); }
 
+# The walsender's CPU (user+sys ticks) while it serves SLOT, written to OUT every 0.1 s until
+# it exits: decoding and the output plugin (wal2json's JSON) run there, not in the client.
+# The last sample misses at most 0.1 s of its work. Runs in the background.
+peers_sample_walsender() {  # URL SLOT OUT
+  local pid line out=$3
+  # One session that polls (not a psql per poll, which would cost CPU beside the reader): the
+  # reader may take a while to connect (the JVM: ~10 s here), so up to 90 s.
+  pid=$(peers_psql "$1" -c "DO \$\$ DECLARE p int; BEGIN FOR i IN 1..900 LOOP
+      SELECT active_pid INTO p FROM pg_replication_slots WHERE slot_name = '$2' AND active;
+      IF p IS NOT NULL THEN RAISE NOTICE 'walsender=%', p; RETURN; END IF;
+      PERFORM pg_sleep(0.1); END LOOP; END \$\$" 2>&1 | sed -n 's/.*walsender=\([0-9]*\).*/\1/p') || pid=""
+  [[ -n "$pid" ]] || return 0
+  while read -r line <"/proc/$pid/stat"; do
+    line=${line##*) }  # the fields after "(comm) ": state is the first, utime the 12th, stime the 13th
+    # shellcheck disable=SC2086 # split into fields on purpose
+    set -- $line
+    echo "$(( ${12} + ${13} ))" >"$out"
+    sleep 0.1
+  done 2>/dev/null
+  return 0
+}
+
 peer_run() {  # TOOL URL SLOT PUBLICATION END_LSN CHANGES
   local tool=$1 url=$2 slot=${3:-} pub=$4 end=$5 changes=$6 reason out rc extra="" counted
   if reason=$(peer_skipped "$tool"); then echo "peer=$tool skipped=\"$reason\""; return 0; fi
   [[ -n "$slot" && "$slot" != "-" ]] || slot=$(peer_slot "$tool")
   [[ -n "$PEERS_BIN" ]] || PEERS_BIN=$(peers_find_bin) || { echo "peer=$tool skipped=\"no PostgreSQL binaries\""; return 0; }
+  case $tool in
+    pgoutput|wal2json|debezium) ;;
+    *) echo "peer=$tool skipped=\"unknown tool (wal2json, debezium, pgoutput)\""; return 0 ;;
+  esac
+  local tables=""
+  if [[ $tool == wal2json ]]; then
+    # wal2json knows no publication: it is told the publication's tables (add-tables).
+    tables=$(peers_psql "$url" -c "SELECT string_agg(quote_ident(schemaname) || '.' || quote_ident(tablename), ',') FROM pg_publication_tables WHERE pubname = '$pub'" 2>/dev/null) || tables=""
+    [[ -n "$tables" ]] || { echo "peer=$tool skipped=\"publication $pub has no tables\""; return 0; }
+  fi
   out=$(mktemp -d "${TMPDIR:-/tmp}/cdc-peer.XXXXXX")
   rc=0
+  local sampler
+  peers_sample_walsender "$url" "$slot" "$out/server" &
+  sampler=$!
   case $tool in
     pgoutput)  # the baseline, exactly as source.sh runs it
       /usr/bin/time -f "%e %U %S %M" -o "$out/time" "$PEERS_BIN/pg_recvlogical" -d "$url" --slot "$slot" \
@@ -229,9 +268,6 @@ peer_run() {  # TOOL URL SLOT PUBLICATION END_LSN CHANGES
       # in one message. add-tables: wal2json knows no publication, so decode only the
       # publication's tables, as pgoutput does. The JSON lines are counted by grep as they
       # come (a pipe, not a file); /usr/bin/time measures pg_recvlogical alone.
-      local tables
-      tables=$(peers_psql "$url" -c "SELECT string_agg(quote_ident(schemaname) || '.' || quote_ident(tablename), ',') FROM pg_publication_tables WHERE pubname = '$pub'" 2>/dev/null) || tables=""
-      [[ -n "$tables" ]] || { echo "peer=$tool skipped=\"publication $pub has no tables\""; rm -rf "$out"; return 0; }
       # pg_recvlogical's exit code goes through a file: the pipeline's is grep's (1 on no match).
       { local prc=0
         /usr/bin/time -f "%e %U %S %M" -o "$out/time" "$PEERS_BIN/pg_recvlogical" -d "$url" --slot "$slot" \
@@ -252,9 +288,13 @@ peer_run() {  # TOOL URL SLOT PUBLICATION END_LSN CHANGES
       if [[ -n "$last" ]] && (( $(peers_lsn "$last") >= $(peers_lsn "$end") )); then
         peers_log "debezium: the last record's LSN $last is not below the end $end: the slot held more than the workload"
       fi ;;
-    *)
-      echo "peer=$tool skipped=\"unknown tool (wal2json, debezium, pgoutput)\""; rm -rf "$out"; return 0 ;;
   esac
+  # The walsender exits when its client does; give it 5 s, then stop sampling.
+  for _ in $(seq 1 50); do kill -0 "$sampler" 2>/dev/null || break; sleep 0.1; done
+  kill "$sampler" 2>/dev/null || true
+  wait "$sampler" 2>/dev/null || true
+  local server_cpu="-"
+  if [[ -s "$out/server" ]]; then server_cpu=$(printf '%.2f' "$(echo "$(cat "$out/server") / $(getconf CLK_TCK)" | bc -l)"); fi
   if [[ "$slot" == bench_peer_* ]]; then peers_drop_slot "$url" "$slot"; fi
   if [[ -n "${PEERS_VERBOSE:-}" && -s "$out/err" ]]; then sed "s/^/peers: $tool: /" "$out/err" >&2; fi
   if [[ $rc != 0 || ! -s "$out/time" ]]; then
@@ -268,8 +308,8 @@ peer_run() {  # TOOL URL SLOT PUBLICATION END_LSN CHANGES
   # /usr/bin/time -o writes "Command exited with non-zero status" first when rc != 0: last line.
   local wall usr sys rss
   read -r wall usr sys rss < <(tail -n 1 "$out/time")
-  printf 'peer=%s seconds=%s cpu=%.2f rss_mb=%.1f changes=%s%s\n' "$tool" "$wall" \
-    "$(echo "$usr + $sys" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "${counted:--}" "$extra"
+  printf 'peer=%s seconds=%s cpu=%.2f rss_mb=%.1f changes=%s server_cpu=%s%s\n' "$tool" "$wall" \
+    "$(echo "$usr + $sys" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "${counted:--}" "$server_cpu" "$extra"
   rm -rf "$out"
   return 0
 }
@@ -282,13 +322,14 @@ peers_table() {  # CHANGES < peer lines
     }
     /^peer=/ { n++; line[n] = $0; if (field($0, "peer") == "pgoutput" && base == "") base = field($0, "seconds") }
     END {
-      printf "%-14s %9s %12s %9s %10s %8s  %s\n", "tool", "seconds", "changes/s", "ratio", "peak RSS", "CPU s", "note"
+      printf "%-14s %9s %12s %9s %10s %8s %10s  %s\n", "tool", "seconds", "changes/s", "ratio", "peak RSS", "CPU s", "server CPU", "note"
       for (i = 1; i <= n; i++) {
         l = line[i]; tool = field(l, "peer"); s = field(l, "seconds")
-        if (index(l, " skipped=")) { r = l; sub(/.* skipped=/, "", r); printf "%-14s %9s %12s %9s %10s %8s  skipped: %s\n", tool, "-", "-", "-", "-", "-", r; continue }
+        if (index(l, " skipped=")) { r = l; sub(/.* skipped=/, "", r); printf "%-14s %9s %12s %9s %10s %8s %10s  skipped: %s\n", tool, "-", "-", "-", "-", "-", "-", r; continue }
         note = ""; c = field(l, "changes"); if (c != "-" && c != "" && c + 0 != changes + 0) note = "counted " c " of " changes
         ratio = (base != "" && s > 0) ? sprintf("%.2f", base / s) : "-"
-        printf "%-14s %9.2f %12.0f %9s %8.1f MB %8s  %s\n", tool, s, (s > 0 ? changes / s : 0), ratio, field(l, "rss_mb"), field(l, "cpu"), note
+        sc = field(l, "server_cpu"); if (sc == "") sc = "-"
+        printf "%-14s %9.2f %12.0f %9s %8.1f MB %8s %10s  %s\n", tool, s, (s > 0 ? changes / s : 0), ratio, field(l, "rss_mb"), field(l, "cpu"), sc, note
       }
     }'
 }
