@@ -5,7 +5,8 @@
 //! worker takes several; a worker streams its range's rows (never holding more than one batch
 //! being built and one in flight), so memory is bounded whatever the table's size. Every
 //! document carries version P − 1: any change streamed from the slot (committed at P or later)
-//! is newer and wins, whichever lands first.
+//! is newer and wins, whichever lands first. A row no document can be made for (a NULL id
+//! column) becomes a dead letter, as the stream's sink makes it one (`dead_letter::store_unencodable`).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,8 +18,9 @@ use tokio::task::JoinSet;
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use super::table::Plan;
-use crate::event::Lsn;
-use crate::sinks::search::encoder::Action;
+use crate::event::{Event, Lsn};
+use crate::sinks::search::dead_letter;
+use crate::sinks::search::encoder::{index_name, Action};
 use crate::sinks::search::sink::{deliver, Shared};
 
 /// A range of heap pages of one relation: `[from, to)`, `to = None` meaning to the end.
@@ -43,8 +45,8 @@ impl Chunk {
 pub struct Counters {
     pub rows: AtomicU64,
     pub documents: AtomicU64,
-    /// Rows no document could be made for (a NULL id column).
-    pub skipped: AtomicU64,
+    /// Rows no document could be made for (a NULL id column), stored as dead letters.
+    pub unencodable: AtomicU64,
 }
 
 /// Batch limits: the sink's, or `--batch-size`.
@@ -157,9 +159,10 @@ impl Worker {
                 let texts = (0..row.len()).map(|i| row.get(i));
                 match self.plan.actions(texts, self.version) {
                     Ok(actions) => actions.into_iter().for_each(|a| batch.push(a)),
-                    Err(e) => self.skip(&e),
+                    Err(refused) => batch.unencodable.push((refused.event, refused.error.to_string())),
                 }
-                if batch.actions.len() >= self.limits.docs || batch.bytes >= self.limits.bytes {
+                if batch.actions.len() + batch.unencodable.len() >= self.limits.docs || batch.bytes >= self.limits.bytes
+                {
                     self.send(&mut in_flight, &mut batch).await?;
                 }
             }
@@ -178,26 +181,30 @@ impl Worker {
     /// Waits for the previous request, then sends the batch in the background.
     async fn send(&self, in_flight: &mut JoinSet<()>, batch: &mut Batch) -> anyhow::Result<()> {
         wait(in_flight).await?;
-        let actions = std::mem::take(&mut batch.actions);
-        batch.bytes = 0;
-        if actions.is_empty() {
+        let Batch {
+            actions, unencodable, ..
+        } = std::mem::take(batch);
+        if actions.is_empty() && unencodable.is_empty() {
             return Ok(());
         }
         let shared = self.shared.clone();
         let counters = self.counters.clone();
         let max_bytes = self.limits.bytes;
+        let alias = index_name(&self.plan.mapping);
         in_flight.spawn(async move {
+            if !unencodable.is_empty() {
+                dead_letter::store_unencodable(&shared, &alias, &unencodable).await;
+                counters
+                    .unencodable
+                    .fetch_add(unencodable.len() as u64, Ordering::Relaxed);
+            }
             let n = actions.len() as u64;
-            deliver(&shared, actions, max_bytes).await;
-            counters.documents.fetch_add(n, Ordering::Relaxed);
+            if n > 0 {
+                deliver(&shared, actions, max_bytes).await;
+                counters.documents.fetch_add(n, Ordering::Relaxed);
+            }
         });
         Ok(())
-    }
-
-    fn skip(&self, error: &dyn std::fmt::Display) {
-        if self.counters.skipped.fetch_add(1, Ordering::Relaxed) == 0 {
-            tracing::warn!(table = %self.plan.table, "a row has no document: {error} (counted, not indexed; the stream would dead-letter it)");
-        }
     }
 }
 
@@ -213,6 +220,8 @@ async fn wait(in_flight: &mut JoinSet<()>) -> anyhow::Result<()> {
 struct Batch {
     actions: Vec<Action>,
     bytes: usize,
+    /// Rows no document could be made for, with why: dead letters.
+    unencodable: Vec<(Arc<Event>, String)>,
 }
 
 impl Batch {

@@ -15,6 +15,7 @@ use bytes::Bytes;
 use elasticsearch::http::Method;
 use serde_json::{json, Value as Json};
 
+pub use crate::sinks::search::index::building_alias;
 use crate::sinks::search::index::{self, encode, Target};
 use crate::sinks::search::service::{Reply, Service};
 
@@ -25,11 +26,6 @@ const BUILD_SETTINGS: [(&str, &str); 3] = [
     ("number_of_replicas", "0"),
     ("gc_deletes", "24h"),
 ];
-
-/// The private alias an index being built sits behind.
-pub fn building_alias(alias: &str) -> String {
-    format!("{alias}.rebuild")
-}
 
 /// The private alias of indexes swapped out and not yet deleted.
 fn retired_alias(alias: &str) -> String {

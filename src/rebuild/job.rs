@@ -55,6 +55,8 @@ pub struct Summary {
     pub index: String,
     pub rows: u64,
     pub documents: u64,
+    /// Rows the copy stored as dead letters: no document id, or refused by the index.
+    pub dead_letters: u64,
     pub seconds: f64,
     pub copy_seconds: f64,
     pub catch_up_seconds: f64,
@@ -67,10 +69,11 @@ impl Summary {
     /// The one line printed per table.
     pub fn line(&self) -> String {
         format!(
-            "{}: {} rows, {} documents in {:.1} s ({:.0} rows/s; copy {:.1} s, catch-up {:.1} s, swap {:.2} s); {} → {}",
+            "{}: {} rows, {} documents, {} dead letters in {:.1} s ({:.0} rows/s; copy {:.1} s, catch-up {:.1} s, swap {:.2} s); {} → {}",
             self.table,
             self.rows,
             self.documents,
+            self.dead_letters,
             self.seconds,
             self.rows as f64 / self.seconds.max(0.001),
             self.copy_seconds,
@@ -219,7 +222,7 @@ impl Job<'_> {
         // The version P − 1: older than any change the slot streams (committed at P or later).
         let version = Lsn(p.0.saturating_sub(1));
         let copied = tokio::select! {
-            copied = copy::run(connections, plan.clone(), chunks, shared, version, limits, counters.clone()) => copied,
+            copied = copy::run(connections, plan.clone(), chunks, shared.clone(), version, limits, counters.clone()) => copied,
             ended = &mut catchup.task => {
                 progress.finish();
                 return early_end(ended);
@@ -247,10 +250,6 @@ impl Job<'_> {
             return Ok(Built::SwappedThenTruncated { old, lsn });
         }
         indexes::drop_building_alias(service, alias, &new.name).await?;
-        let skipped = counters.skipped.load(Ordering::Relaxed);
-        if skipped > 0 {
-            tracing::warn!(table = %plan.table, skipped, "rows without a document id were not indexed");
-        }
         Ok(Built::Swapped {
             summary: Summary {
                 table: plan.table.to_string(),
@@ -258,6 +257,7 @@ impl Job<'_> {
                 index: new.name.clone(),
                 rows: counters.rows.load(Ordering::Relaxed),
                 documents: counters.documents.load(Ordering::Relaxed),
+                dead_letters: shared.stats.dead.load(Ordering::Relaxed),
                 seconds: started.elapsed().as_secs_f64(),
                 copy_seconds,
                 catch_up_seconds,

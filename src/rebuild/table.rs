@@ -19,6 +19,7 @@ use crate::event::{quote_ident, Event, Lsn, Op, Position, Row, TableName};
 use crate::router::route;
 use crate::sinks::search::encoder::{self, Action, EncodeError};
 use crate::source::relations::{row_from_text, Column, RelationCache};
+use crate::source::values::Kind;
 
 /// A table under one mapping, ready to be read with SQL.
 pub struct Plan {
@@ -98,24 +99,57 @@ impl Plan {
         sql
     }
 
-    /// The document id as Postgres prints it (`a:b` for composite ids; `format` uses the output
-    /// functions), for ordering and finding rows by id.
+    /// The document id as cdc writes it, computed by Postgres: each id column's output text
+    /// converted as [`convert`](crate::source::values::convert) converts it (see [`id_text_sql`]), joined with ':'.
+    /// `verify` orders by it (`COLLATE "C"`, byte order, as the index sorts `_id`) and finds rows
+    /// by it; the text Postgres prints would sort differently for timestamps, bool or bytea.
     pub fn id_sql(&self) -> String {
         let parts: Vec<String> = self
             .id_columns
             .iter()
-            .map(|c| format!("format('%s', t.{})", quote_ident(c)))
+            .map(|name| {
+                let column = format!("t.{}", quote_ident(name));
+                match self.columns.iter().find(|c| &*c.name == name) {
+                    Some(c) => id_text_sql(&c.kind, &column),
+                    None => format!("format('%s', {column})"),
+                }
+            })
             .collect();
         format!("concat_ws(':', {})", parts.join(", "))
     }
 
+    /// The id columns with their Postgres types, for messages.
+    pub fn id_types(&self) -> String {
+        let types: Vec<String> = self
+            .id_columns
+            .iter()
+            .map(|name| match self.columns.iter().find(|c| &*c.name == name) {
+                Some(c) => format!("{name} {:?} (type oid {})", c.kind, c.type_oid),
+                None => name.clone(),
+            })
+            .collect();
+        types.join(", ")
+    }
+
+    /// [`Plan::select`] of the whole table with the document id ([`Plan::id_sql`]) as a last
+    /// column, in document id order (bytes, as the index sorts `_id`).
+    pub fn select_in_id_order(&self) -> String {
+        let select = self.select(&self.table.quoted(), None);
+        let (columns, rest) = select.split_once(" FROM ").expect("select has a FROM");
+        format!(
+            "{columns}, {} COLLATE \"C\" AS cdc_document_id FROM {rest} ORDER BY cdc_document_id",
+            self.id_sql()
+        )
+    }
+
     /// The bulk actions the stream would send for this row had it just been inserted, with
-    /// version `version`. Empty when the filter or the mapping's ops leave it out.
+    /// version `version`. Empty when the filter or the mapping's ops leave it out. A row the
+    /// encoder refuses (a NULL id column) comes back as its routed event, for a dead letter.
     pub fn actions<'a>(
         &self,
         texts: impl IntoIterator<Item = Option<&'a str>>,
         version: Lsn,
-    ) -> Result<Vec<Action>, EncodeError> {
+    ) -> Result<Vec<Action>, Unencodable> {
         let row = row_from_text(&self.columns, texts);
         let key = (!self.key.is_empty()).then(|| Row(self.key.iter().map(|&i| row.0[i].clone()).collect()));
         let position = Position {
@@ -124,10 +158,42 @@ impl Plan {
             ..Position::default()
         };
         let event = Event::new(Op::Create, self.table.clone(), key, None, Some(row), None, position);
-        match route(&event, &self.mapping) {
-            Some(routed) => encoder::actions(&Arc::new(routed), &self.mapping),
-            None => Ok(Vec::new()),
+        let Some(routed) = route(&event, &self.mapping) else {
+            return Ok(Vec::new());
+        };
+        let routed = Arc::new(routed);
+        encoder::actions(&routed, &self.mapping).map_err(|error| Unencodable { event: routed, error })
+    }
+}
+
+/// A row no document can be made for, with the event the stream would have had.
+#[derive(Debug)]
+pub struct Unencodable {
+    pub event: Arc<Event>,
+    pub error: EncodeError,
+}
+
+/// SQL for the text cdc makes of `column`'s value when it is part of a document id: the
+/// column's output text (`format('%s', …)` uses the output function, as pgoutput does) changed as
+/// [`convert`](crate::source::values::convert) and [`Value::as_text`](crate::event::Value::as_text) change it. The
+/// regular expressions are the conversion's own patterns: text they do not match (BC dates,
+/// infinities) stays as printed, on both sides. Kinds kept as printed need nothing; arrays make
+/// no id at all (the encoder refuses them). `verify` checks each row's id against the one the
+/// encoder made, so a mismatch stops it instead of misordering the merge.
+fn id_text_sql(kind: &Kind, column: &str) -> String {
+    let printed = format!("format('%s', {column})");
+    match kind {
+        Kind::Bool => format!("CASE {column} WHEN true THEN 'true' WHEN false THEN 'false' END"),
+        // Postgres' base64 breaks lines every 76 characters; cdc's does not.
+        Kind::Bytea => format!("translate(encode({column}, 'base64'), E'\\n', '')"),
+        Kind::Timestamp => {
+            format!(r"regexp_replace({printed}, '^(\d{{4,6}}-\d\d-\d\d) (\d\d:\d\d:\d\d(\.\d+)?)$', '\1T\2')")
         }
+        // The session's TimeZone is UTC: every offset printed is +00.
+        Kind::Timestamptz => {
+            format!(r"regexp_replace({printed}, '^(\d{{4,6}}-\d\d-\d\d) (\d\d:\d\d:\d\d(\.\d+)?)\+00$', '\1T\2Z')")
+        }
+        _ => printed,
     }
 }
 
@@ -169,7 +235,6 @@ async fn scan_relations(catalog: &Client, table: &TableName) -> anyhow::Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::values::Kind;
 
     fn column(name: &str, kind: Kind) -> Column {
         Column {

@@ -15,6 +15,7 @@ use tokio_postgres::Client;
 
 use super::config::SearchConfig;
 use super::encoder::{self, index_name, Action, Write};
+use super::index;
 use super::request_builder;
 use super::retry::{self, Outcome};
 use super::rows::TableRows;
@@ -76,6 +77,28 @@ pub fn unencodable_payload(event: &Event) -> String {
     serde_json::to_string(&payload).expect("a payload always serializes")
 }
 
+/// Stores events no document could be made for (the encoder refused them: a NULL or missing id
+/// column) as dead letters of `alias`, with one log line. The sink and the rebuild's copy both
+/// call it, so such a row is a dead letter whichever path meets it.
+pub async fn store_unencodable(shared: &Shared, alias: &str, refused: &[(Arc<Event>, String)]) {
+    let Some((first, error)) = refused.first() else {
+        return;
+    };
+    tracing::error!(sink = %shared.name, table = %first.table, event = %first.id(), "cannot make a document for {} row change(s), stored as dead letters (`cdc dead-letters list`); the first: {error}", refused.len());
+    let n = refused.len() as u64;
+    shared.stats.dead.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    shared.health.metrics.dead_letters.inc_by(n);
+    let letters = refused
+        .iter()
+        .map(|(event, error)| Letter {
+            target: alias.to_string(),
+            payload: unencodable_payload(event),
+            error: error.clone(),
+        })
+        .collect();
+    store(shared, letters).await;
+}
+
 fn raw(json: &[u8]) -> &RawValue {
     serde_json::from_slice(json).expect("cdc's own JSON is valid")
 }
@@ -127,15 +150,36 @@ pub async fn replay(
     let stored = rebuild_event(payload.event.get())?;
     let mapping = mappings
         .iter()
-        .find(|m| m.table == *stored.table && m.sinks.iter().any(|s| s == sink) && *index_name(m) == letter.target)
+        .find(|m| {
+            let alias = index_name(m);
+            m.table == *stored.table
+                && m.sinks.iter().any(|s| s == sink)
+                && (*alias == letter.target || index::building_alias(&alias) == letter.target)
+        })
         .with_context(|| {
             format!(
                 "no [[tables]] mapping sends {} to sink {sink} and index {} any more",
                 stored.table, letter.target
             )
         })?;
-    let event = Arc::new(stored);
-    let mut actions = encoder::actions(&event, mapping)?;
+    let mut event = Arc::new(stored);
+    let mut actions = match encoder::actions(&event, mapping) {
+        Ok(actions) => actions,
+        Err(e) if event.op == Op::Delete => return Ok(Replayed::Refused(e.to_string())),
+        // The stored row made no document id (a NULL id column): the row as it is now, fixed
+        // since, may.
+        Err(e) => {
+            let Some(row) = current_row(pg, &event).await? else {
+                return Ok(Replayed::Delivered(format!("the row is gone; nothing to write ({e})")));
+            };
+            let new = Row(row.0.into_iter().filter(|(name, _)| mapping.keeps(name)).collect());
+            event = Arc::new(event.with_rows(event.key.clone(), None, Some(new), None, Op::Create));
+            match encoder::actions(&event, mapping) {
+                Ok(actions) => actions,
+                Err(e) => return Ok(Replayed::Refused(format!("{e} (in the row as it is now too)"))),
+            }
+        }
+    };
     let current = match actions.iter().any(|a| a.write != Write::Delete) {
         true => current_row(pg, &event).await?,
         false => None,

@@ -26,6 +26,12 @@ pub enum Target {
     Index,
 }
 
+/// The private alias `cdc rebuild-index` builds a new index behind (`<alias>.rebuild`). Dead
+/// letters written while building name it; `cdc dead-letters replay` maps it back to `alias`.
+pub fn building_alias(alias: &str) -> String {
+    format!("{alias}.rebuild")
+}
+
 /// Looks up what `name` is.
 pub async fn lookup(service: &Service, name: &str) -> anyhow::Result<Target> {
     let reply = service.get(&format!("/_alias/{}", encode(name))).await?;

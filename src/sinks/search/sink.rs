@@ -34,7 +34,7 @@ use super::service::Service;
 use super::{dead_letter, index, toast};
 use crate::checkpoint::Ack;
 use crate::config::TableMapping;
-use crate::event::{Event, Lsn, Op};
+use crate::event::{Lsn, Op};
 use crate::sinks::SinkMsg;
 use crate::state::Postgres;
 
@@ -136,7 +136,7 @@ impl Sink {
                             self.push(action).await?;
                         }
                     }
-                    Err(e) => self.dead_letter_unencodable(&event, &alias, &e.to_string()).await,
+                    Err(e) => dead_letter::store_unencodable(&self.shared, &alias, &[(event, e.to_string())]).await,
                 }
             }
             SinkMsg::Commit { end_lsn, .. } => {
@@ -249,17 +249,6 @@ impl Sink {
         .await?;
         self.ensured.insert(alias.clone());
         Ok(())
-    }
-
-    async fn dead_letter_unencodable(&mut self, event: &Arc<Event>, alias: &str, error: &str) {
-        tracing::error!(sink = %self.shared.name, table = %event.table, event = %event.id(), "cannot make a document: {error}; stored as a dead letter");
-        let payload = dead_letter::unencodable_payload(event);
-        let letter = dead_letter::Letter {
-            target: alias.to_string(),
-            payload,
-            error: error.to_string(),
-        };
-        dead_letter::store(&self.shared, vec![letter]).await;
     }
 }
 
@@ -530,6 +519,7 @@ impl Health {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Event;
 
     fn action(id: &str, document_bytes: usize) -> Action {
         let event = Event::new(
