@@ -210,25 +210,29 @@ impl Hub {
     }
 
     /// Appends a chunk of events whose first message belongs to the transaction committed at
-    /// `first_commit`, drops what no longer fits, and wakes the clients.
-    pub(super) fn push(&self, entries: impl Iterator<Item = Entry>, first_commit: Lsn) {
-        let end = {
-            let mut ring = self.ring.write().expect("stream ring lock");
-            ring.complete_from.get_or_insert(EventId {
-                commit_lsn: first_commit,
-                n: 0,
-            });
-            ring.entries.extend(entries.map(Arc::new));
-            let excess = ring.entries.len().saturating_sub(self.capacity);
-            if excess > 0 {
-                let last_dropped = ring.entries.drain(..excess).last().expect("excess > 0").id;
-                ring.first += excess as u64;
-                ring.complete_from = Some(last_dropped.next());
-                // Under the ring's lock, so no client moves its cursor meanwhile.
-                self.drop_lagged(ring.first);
-            }
-            ring.end()
-        };
+    /// `first_commit`, drops what no longer fits, and wakes the clients (not for a chunk of
+    /// commits alone: transactions that routed nothing here change nothing for them).
+    pub(super) fn push(&self, entries: &mut Vec<Entry>, first_commit: Lsn) {
+        let mut ring = self.ring.write().expect("stream ring lock");
+        ring.complete_from.get_or_insert(EventId {
+            commit_lsn: first_commit,
+            n: 0,
+        });
+        if entries.is_empty() {
+            return;
+        }
+        ring.entries.extend(entries.drain(..).map(Arc::new));
+        let excess = ring.entries.len().saturating_sub(self.capacity);
+        if excess > 0 {
+            let last_dropped = ring.entries[excess - 1].id;
+            ring.entries.drain(..excess);
+            ring.first += excess as u64;
+            ring.complete_from = Some(last_dropped.next());
+            // Under the ring's lock, so no client moves its cursor meanwhile.
+            self.drop_lagged(ring.first);
+        }
+        let end = ring.end();
+        drop(ring);
         self.end.send_replace(end);
     }
 
@@ -436,8 +440,8 @@ mod tests {
     #[test]
     fn a_resumed_client_gets_every_later_event_once() {
         let hub = hub("unit_resume", 100, 10);
-        hub.push([entry(10, 0), entry(10, 1), entry(10, 2)].into_iter(), Lsn(10));
-        hub.push([entry(20, 0), entry(20, 1)].into_iter(), Lsn(20));
+        hub.push(&mut vec![entry(10, 0), entry(10, 1), entry(10, 2)], Lsn(10));
+        hub.push(&mut vec![entry(20, 0), entry(20, 1)], Lsn(20));
         let after = |s: &str| Start::After(EventId::parse(s).unwrap());
         let (sub, gap) = hub.subscribe(after("0/A:1")).unwrap();
         assert_eq!(gap, None);
@@ -457,7 +461,7 @@ mod tests {
     #[test]
     fn a_client_behind_the_rolled_over_buffer_gets_a_gap_with_the_oldest_id() {
         let hub = hub("unit_gap", 3, 10);
-        hub.push((0..5).map(|n| entry(10, n)), Lsn(10));
+        hub.push(&mut (0..5).map(|n| entry(10, n)).collect(), Lsn(10));
         let after = |s: &str| Start::After(EventId::parse(s).unwrap());
         let (sub, gap) = hub.subscribe(after("0/A:0")).unwrap();
         assert_eq!(gap.unwrap().oldest.as_deref(), Some("0/A:2"));
@@ -474,9 +478,9 @@ mod tests {
         let (slow, _) = hub.subscribe(Start::Live).unwrap();
         let (fast, _) = hub.subscribe(Start::Live).unwrap();
         assert_eq!(hub.subscribe(Start::Live).err(), Some(Full { max_clients: 2 }));
-        hub.push((0..3).map(|n| entry(10, n)), Lsn(10));
+        hub.push(&mut (0..3).map(|n| entry(10, n)).collect(), Lsn(10));
         assert_eq!(ids(&fast).len(), 3);
-        hub.push((3..6).map(|n| entry(10, n)), Lsn(10));
+        hub.push(&mut (3..6).map(|n| entry(10, n)).collect(), Lsn(10));
         assert_eq!(ids(&fast).len(), 3, "the fast client is not held back by the slow one");
         let mut out = VecDeque::new();
         assert_eq!(slow.fetch(10, |_| true, &mut out), Fetched::Lagged);

@@ -123,7 +123,7 @@ pub async fn run(
             }
         }
         let events = entries.len() as u64;
-        hub.push(entries.drain(..), first_commit);
+        hub.push(&mut entries, first_commit);
         // In the buffer is as far as this sink delivers (see the module's doc).
         if let Some(end_lsn) = committed {
             ack.delivered(end_lsn);
