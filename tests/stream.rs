@@ -574,6 +574,26 @@ async fn tokens_are_checked_and_clients_above_max_clients_get_503() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn without_a_started_stream_sink_events_answers_503() {
+    // As a standby, or while starting: the admin server answers before the sinks start.
+    let r = Running::start(
+        "stream_none",
+        ITEMS,
+        "[sinks.out]\ntype = \"stdout\"\n",
+        &tables(&["items"], "\"out\""),
+    )
+    .await;
+    let response = r.get("sink=feed", Some("old-token"), None).await;
+    assert_eq!(response.status(), 503);
+    assert!(response
+        .text()
+        .await
+        .unwrap()
+        .contains("no stream sink is serving here"));
+    r.done().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_stalled_client_is_dropped_with_lagged_while_another_keeps_up_and_the_slot_advances() {
     let _serial = support::serial();
     let r = Running::start(

@@ -62,14 +62,7 @@ impl Filter {
 }
 
 fn open(headers: &HeaderMap, params: &[(String, String)]) -> Result<Response, Refusal> {
-    let names = || {
-        let names: Vec<String> = Hub::all().iter().map(|h| h.name.clone()).collect();
-        if names.is_empty() {
-            "none is configured (a [sinks.NAME] with type = \"stream\")".to_string()
-        } else {
-            names.join(", ")
-        }
-    };
+    let names = || Hub::all().iter().map(|h| h.name.clone()).collect::<Vec<_>>().join(", ");
     let param = |key: &str| params.iter().rev().find(|(k, _)| k == key).map(|(_, v)| v.as_str());
     if let Some((key, _)) = params
         .iter()
@@ -86,6 +79,14 @@ fn open(headers: &HeaderMap, params: &[(String, String)]) -> Result<Response, Re
         )));
     };
     let Some(hub) = Hub::find(sink) else {
+        // Every stream sink's hub is registered when the sinks start: none at all means they
+        // have not started (cdc run is starting, or standing by for the slot) or none is configured.
+        if Hub::all().is_empty() {
+            return Err(Refusal(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no stream sink is serving here: cdc run is starting or standing by (see /ready), or none is configured; retry, or read from the cdc run that streams".to_string(),
+            ));
+        }
         return Err(Refusal(
             StatusCode::NOT_FOUND,
             format!("no stream sink named {sink:?} (stream sinks: {})", names()),
