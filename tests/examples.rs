@@ -16,13 +16,20 @@ fn every_example_config_is_valid() {
         .collect();
     files.sort();
     let names: Vec<_> = files.iter().map(|p| p.file_name().unwrap().to_str().unwrap()).collect();
-    for expected in ["cdc.compose.toml", "search.toml", "stdout.toml", "webhook.toml"] {
+    for expected in [
+        "cdc.compose.toml",
+        "search.toml",
+        "stdout.toml",
+        "stream.toml",
+        "webhook.toml",
+    ] {
         assert!(names.contains(&expected), "examples/{expected} is missing: {names:?}");
     }
     // The variables the examples' comments tell the user to export.
     let env = [
         ("CDC_PG_PASSWORD", "secret"),
         ("CDC_WEBHOOK_SECRET", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"),
+        ("FEED_TOKEN", "0123456789abcdef"),
     ];
     for file in &files {
         let path = file.to_str().unwrap();

@@ -1,7 +1,7 @@
 //! Secrets never leave cdc: with a password in the Postgres URL, a search node's password, a
-//! webhook signing secret and an Authorization header configured, and every server failing so
-//! that errors are logged, no output (debug logs, `/ready`, `/metrics`, `cdc status`, `cdc check`,
-//! `cdc webhook test`) contains any of them.
+//! webhook signing secret, an Authorization header and a stream token configured, and every server failing so
+//! that errors are logged, no output (debug logs, `/ready`, `/metrics`, `/events` refusals,
+//! `cdc status`, `cdc check`, `cdc webhook test`) contains any of them.
 
 mod support;
 
@@ -14,13 +14,14 @@ const ES_PASSWORD: &str = "EsPass-Qw77z";
 /// base64 of "secret-webhook-Key99".
 const WEBHOOK_KEY: &str = "c2VjcmV0LXdlYmhvb2stS2V5OTk=";
 const HEADER_TOKEN: &str = "HdrTok-Pp55";
+const STREAM_TOKEN: &str = "StrTok-Kk31";
 
 fn both(out: &std::process::Output) -> String {
     format!("{}{}", stdout_of(out), stderr_of(out))
 }
 
 fn assert_no_secret(what: &str, text: &str) {
-    for secret in [PG_PASSWORD, ES_PASSWORD, WEBHOOK_KEY, HEADER_TOKEN] {
+    for secret in [PG_PASSWORD, ES_PASSWORD, WEBHOOK_KEY, HEADER_TOKEN, STREAM_TOKEN] {
         assert!(!text.contains(secret), "{what} contains the secret {secret}:\n{text}");
     }
 }
@@ -31,8 +32,9 @@ fn config(url: &str, slot: &str, search: u16, hook: u16, admin: u16) -> String {
          [sinks.search]\ntype = \"elasticsearch\"\nurl = \"http://127.0.0.1:{search}\"\nusername = \"elastic\"\npassword = \"{ES_PASSWORD}\"\nflush_interval = \"100ms\"\n\n\
          [sinks.hook]\ntype = \"webhook\"\nurl = \"http://127.0.0.1:{hook}/hook\"\nsecret = \"whsec_{WEBHOOK_KEY}\"\n\
          headers = {{ Authorization = \"Bearer {HEADER_TOKEN}\" }}\nbatch_max_wait = \"0\"\n\n\
+         [sinks.feed]\ntype = \"stream\"\ntoken = \"{STREAM_TOKEN}\"\n\n\
          [admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
-         [[tables]]\ntable = \"items\"\nsinks = [\"search\", \"hook\"]\n"
+         [[tables]]\ntable = \"items\"\nsinks = [\"search\", \"hook\", \"feed\"]\n"
     )
 }
 
@@ -71,9 +73,9 @@ async fn no_output_of_a_failing_run_contains_a_configured_secret() {
             Err(_) => String::new(),
         };
         let both: bool = serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|b| {
-            b["sinks"]
-                .as_array()
-                .is_some_and(|s| s.len() == 2 && s.iter().all(|s| s["error"].is_string()))
+            b["sinks"].as_array().is_some_and(|s| {
+                s.len() == 3 && s.iter().filter(|s| s["name"] != "feed").all(|s| s["error"].is_string())
+            })
         });
         if both {
             break body;
@@ -93,6 +95,17 @@ async fn no_output_of_a_failing_run_contains_a_configured_secret() {
         .await
         .unwrap();
     outputs.push(("/metrics".into(), metrics));
+    for token in [None, Some("wrong"), Some(STREAM_TOKEN)] {
+        let mut request = reqwest::Client::new().get(format!("{base}/events?sink=feed&op=nope"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.unwrap();
+        outputs.push((
+            format!("/events ({})", response.status()),
+            response.text().await.unwrap(),
+        ));
+    }
     outputs.push(("cdc status".into(), both(&support::cdc(&["--config", path, "status"]))));
     outputs.push((
         "cdc status --json".into(),

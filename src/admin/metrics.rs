@@ -75,6 +75,9 @@ pub struct Metrics {
     sink_pending_seconds: Family<SinkLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
     sink_request_seconds: HistogramFamily,
     sink_batch_events: HistogramFamily,
+    stream_clients: Family<SinkLabel, Gauge>,
+    stream_sent: Family<SinkLabel, Counter>,
+    stream_lagged: Family<SinkLabel, Counter>,
     sinks: RwLock<HashMap<String, Arc<SinkStats>>>,
     /// (end LSN, commit time in Unix µs) of transactions received and not yet confirmed, oldest
     /// first: the lag in seconds is the age of the oldest.
@@ -109,6 +112,14 @@ pub struct SinkStats {
     last_error: Mutex<Option<(String, SystemTime)>>,
     /// When the acknowledged position last moved or the sink last had nothing pending.
     pub(crate) progress: Mutex<Progress>,
+}
+
+/// A stream sink's figures about its HTTP clients.
+#[derive(Clone)]
+pub struct StreamStats {
+    pub clients: Gauge,
+    pub sent: Counter,
+    pub lagged: Counter,
 }
 
 pub(crate) struct Progress {
@@ -220,6 +231,9 @@ impl Metrics {
             sink_pending_seconds: Family::default(),
             sink_request_seconds: Family::new_with_constructor(request_seconds),
             sink_batch_events: Family::new_with_constructor(batch_events),
+            stream_clients: Family::default(),
+            stream_sent: Family::default(),
+            stream_lagged: Family::default(),
             sinks: RwLock::new(HashMap::new()),
             unconfirmed: Mutex::new(VecDeque::new()),
             registry: Registry::default(),
@@ -264,7 +278,34 @@ impl Metrics {
             "Events (documents) per request",
             metrics.sink_batch_events.clone(),
         );
+        registry.register(
+            "cdc_stream_clients_connected",
+            "Clients reading a stream sink's /events now",
+            metrics.stream_clients.clone(),
+        );
+        registry.register(
+            "cdc_stream_events_sent",
+            "Events a stream sink sent, summed over its clients",
+            metrics.stream_sent.clone(),
+        );
+        registry.register(
+            "cdc_stream_clients_lagged",
+            "Clients a stream sink dropped because they fell further behind than its buffer",
+            metrics.stream_lagged.clone(),
+        );
         Metrics { registry, ..metrics }
+    }
+
+    /// A stream sink's client figures (see `sinks::stream`); the clients gauge starts at 0.
+    pub fn stream_stats(&self, sink: &str) -> StreamStats {
+        let label = SinkLabel { sink: sink.to_string() };
+        let stats = StreamStats {
+            clients: self.stream_clients.get_or_create(&label).clone(),
+            sent: self.stream_sent.get_or_create(&label).clone(),
+            lagged: self.stream_lagged.get_or_create(&label).clone(),
+        };
+        stats.clients.set(0);
+        stats
     }
 
     /// Creates (or, for a second run in one process, resets the acknowledgement of) a sink's stats.

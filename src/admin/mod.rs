@@ -1,6 +1,7 @@
 //! The admin server `cdc run` starts when `[admin] listen` is set: `/health` (the process
-//! answers), `/ready` (streaming, no sink stalled, retained WAL under `max_retained_wal`) and
-//! `/metrics` (Prometheus text format, see `metrics`).
+//! answers), `/ready` (streaming, no sink stalled, retained WAL under `max_retained_wal`),
+//! `/metrics` (Prometheus text format, see `metrics`), and `/events`, the stream sinks' clients
+//! (see `sinks::stream::http`).
 //!
 //! Two background tasks feed it: the watcher (every 500 ms) follows each sink's acknowledged
 //! position to tell a stalled sink from a busy one, and the probe (every 5 s, its own small
@@ -88,13 +89,14 @@ pub async fn start(admin: Option<&AdminConfig>, source: &SourceConfig) -> anyhow
             .route("/health", get(health))
             .route("/ready", get(ready))
             .route("/metrics", get(metrics_text))
+            .route("/events", get(crate::sinks::stream::http::events))
             .with_state(shared);
         tasks.push(tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!("the admin server stopped: {e}");
             }
         }));
-        tracing::info!("admin server on http://{local} (/health, /ready, /metrics)");
+        tracing::info!("admin server on http://{local} (/health, /ready, /metrics, /events)");
         addr = Some(local);
     }
     Ok(Admin { tasks, addr })

@@ -67,7 +67,8 @@ async fn check_sinks(config: &Config, send_test: bool, r: &mut Report) {
                 search::health::check(name, search, &mappings).await
             }
             SinkConfig::Webhook(hook) => vec![webhook::health::check(name, hook, send_test).await],
-            SinkConfig::Stdout(_) => Vec::new(),
+            // Served by cdc run itself: nothing to reach.
+            SinkConfig::Stdout(_) | SinkConfig::Stream(_) => Vec::new(),
         };
         for finding in findings {
             match finding {
@@ -240,7 +241,11 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
     }
 
     // Search and webhook sinks keep dead letters (and the webhook outbox) in cdc's schema.
-    if config.sinks.values().any(|s| !matches!(s, SinkConfig::Stdout(_))) {
+    if config
+        .sinks
+        .values()
+        .any(|s| !matches!(s, SinkConfig::Stdout(_) | SinkConfig::Stream(_)))
+    {
         let missing = crate::state::missing_tables(c).await?;
         let may_create: bool = c
             .query_one("SELECT has_database_privilege(current_database(), 'CREATE')", &[])

@@ -66,6 +66,7 @@ const SINK_KINDS: &[(&str, ParseSink)] = &[
     ("stdout", |sink| sink.settings().map(SinkConfig::Stdout)),
     ("webhook", |sink| sink.settings().map(SinkConfig::Webhook)),
     ("elasticsearch", |sink| sink.settings().map(SinkConfig::Elasticsearch)),
+    ("stream", |sink| sink.settings().map(SinkConfig::Stream)),
 ];
 
 type ParseSink = fn(&mut SinkTable<'_, '_>) -> Option<SinkConfig>;
@@ -404,6 +405,18 @@ impl Loader<'_> {
             None => Some(None),
             Some(item) => self.admin(item).map(Some),
         };
+        // The stream sink's clients connect to the admin server: without one it would only fill
+        // its buffer and acknowledge, and no client could ever read it.
+        if let (Some(None), Some(sinks)) = (&admin, &sinks) {
+            for (name, _) in sinks.iter().filter(|(_, s)| matches!(s, SinkConfig::Stream(_))) {
+                self.problem(
+                    join("sinks", name),
+                    format!(
+                        "a stream sink is served by the admin server, and there is no [admin]; add [admin] with listen = \"127.0.0.1:9187\" (clients then read http://127.0.0.1:9187/events?sink={name})"
+                    ),
+                );
+            }
+        }
         let log_json = match root.get("log") {
             None => Some(false),
             Some(item) => self.log(item),
@@ -1371,6 +1384,29 @@ settings = "search/items.json"
             "{e}"
         );
         assert!(e.contains("log.format: \"xml\" is not a log format"), "{e}");
+    }
+
+    #[test]
+    fn a_stream_sink_needs_the_admin_server_and_a_token() {
+        let stream = "[source]\nurl = \"postgres://localhost/app\"\n\n[sinks.feed]\ntype = \"stream\"\ntoken = [\"${OLD}\", \"${NEW}\"]\n\n[[tables]]\ntable = \"items\"\nsinks = [\"feed\"]\n";
+        let e = load_with(stream, &[("OLD", "a"), ("NEW", "b")])
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "/etc/cdc/cdc.toml:4: sinks.feed: a stream sink is served by the admin server, and there is no [admin]; add [admin] with listen = \"127.0.0.1:9187\" (clients then read http://127.0.0.1:9187/events?sink=feed)"
+        );
+        let with_admin = format!("{stream}\n[admin]\nlisten = \"127.0.0.1:9187\"\n");
+        let config = load_with(&with_admin, &[("OLD", "a"), ("NEW", "b")]).unwrap();
+        let SinkConfig::Stream(feed) = &config.sinks["feed"] else {
+            panic!("{:?}", config.sinks)
+        };
+        assert_eq!(feed.token, vec!["a", "b"]);
+        let e = errors(&with_admin.replace("token = [\"${OLD}\", \"${NEW}\"]\n", ""));
+        assert!(
+            e.contains("cdc.toml:4: sinks.feed.token: missing; set the token"),
+            "{e}"
+        );
     }
 
     /// The minimal config with `extra` appended to its `[[tables]]` entry.

@@ -64,6 +64,7 @@ pub enum SinkConfig {
     Stdout(StdoutConfig),
     Webhook(crate::sinks::webhook::WebhookConfig),
     Elasticsearch(crate::sinks::search::SearchConfig),
+    Stream(crate::sinks::stream::StreamConfig),
 }
 
 impl SinkConfig {
@@ -72,6 +73,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Webhook(_) => "webhook",
             SinkConfig::Elasticsearch(_) => "elasticsearch",
+            SinkConfig::Stream(_) => "stream",
         }
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod search;
 pub mod stdout;
+pub mod stream;
 pub mod webhook;
 
 use std::sync::Arc;
@@ -122,6 +123,10 @@ pub fn spawn_all(
         let stats = crate::admin::metrics::global().register_sink(name, sink.type_name(), ack.clone());
         let task = match sink {
             SinkConfig::Stdout(cfg) => watched(&failed_tx, stdout::run(cfg.clone(), rx, ack, stats)),
+            SinkConfig::Stream(cfg) => watched(
+                &failed_tx,
+                stream::run(stream::Hub::register(name, cfg, &config.tables), rx, ack, stats),
+            ),
             SinkConfig::Webhook(cfg) => watched(
                 &failed_tx,
                 webhook::run(name.clone(), cfg.clone(), config.source.url.clone(), rx, ack),
