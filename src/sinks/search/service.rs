@@ -19,7 +19,7 @@ use elasticsearch::Elasticsearch;
 use super::config::SearchConfig;
 
 /// A node's answer: status and body. Errors are only the ones before an answer (connect,
-/// timeout, TLS).
+/// timeout, TLS): a [`SendError`].
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
@@ -41,11 +41,17 @@ impl Reply {
     }
 }
 
+/// No answer from the node: why, in words, without the request's URL (which may carry
+/// credentials: see `crate::redact`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SendError(String);
+
 #[derive(Clone)]
 pub struct Service {
     client: Elasticsearch,
     timeout: Duration,
-    /// The first URL, to name the node in messages.
+    /// The first URL, to name the node in messages; redacted (`crate::redact::url`).
     pub url: String,
 }
 
@@ -54,9 +60,9 @@ impl Service {
         let urls = config
             .node_urls()
             .into_iter()
-            .map(|u| Url::parse(u).with_context(|| format!("{u:?} is not a URL")))
+            .map(|u| Url::parse(u).with_context(|| format!("{} is not a URL", crate::redact::url(u))))
             .collect::<anyhow::Result<Vec<Url>>>()?;
-        let first = urls.first().context("no node URL configured")?.to_string();
+        let first = crate::redact::url(urls.first().context("no node URL configured")?.as_str());
         let mut builder = if urls.len() == 1 {
             TransportBuilder::new(SingleNodeConnectionPool::new(urls[0].clone()))
         } else {
@@ -89,7 +95,17 @@ impl Service {
     }
 
     /// One request; `body` is JSON (or NDJSON for `_bulk`).
-    pub async fn send(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply, elasticsearch::Error> {
+    pub async fn send(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply, SendError> {
+        self.send_raw(method, path, body).await.map_err(|e| {
+            if e.is_timeout() {
+                SendError(format!("no response within {:?}", self.timeout))
+            } else {
+                SendError(crate::redact::http_error(&e))
+            }
+        })
+    }
+
+    async fn send_raw(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply, elasticsearch::Error> {
         let mut headers = HeaderMap::new();
         if path.ends_with("_bulk") {
             headers.insert("content-type", "application/x-ndjson".parse().expect("a valid header"));
@@ -103,11 +119,11 @@ impl Service {
         Ok(Reply { status, body })
     }
 
-    pub async fn bulk(&self, body: Bytes) -> Result<Reply, elasticsearch::Error> {
+    pub async fn bulk(&self, body: Bytes) -> Result<Reply, SendError> {
         self.send(Method::Post, "/_bulk", Some(body)).await
     }
 
-    pub async fn get(&self, path: &str) -> Result<Reply, elasticsearch::Error> {
+    pub async fn get(&self, path: &str) -> Result<Reply, SendError> {
         self.send(Method::Get, path, None).await
     }
 }
