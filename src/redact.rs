@@ -107,6 +107,12 @@ mod tests {
             assert!(!text.contains("UrlPass1") && !text.contains("QueryTok2"), "{text}");
             assert!(text.contains("error sending request"), "the cause is kept: {text}");
         }
+        assert!(
+            search_error
+                .to_string()
+                .starts_with(&format!("cannot reach http://***@127.0.0.1:{port}/hook?token=***: ")),
+            "the node is named, redacted: {search_error}"
+        );
         assert_eq!(service.url, format!("http://***@127.0.0.1:{port}/hook?token=***"));
     }
 }

@@ -41,8 +41,8 @@ impl Reply {
     }
 }
 
-/// No answer from the node: why, in words, without the request's URL (which may carry
-/// credentials: see `crate::redact`).
+/// No answer from the node: which node (by its redacted URL) and why, without the request's
+/// URL as the HTTP client wrote it (which may carry credentials: see `crate::redact`).
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct SendError(String);
@@ -98,9 +98,9 @@ impl Service {
     pub async fn send(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply, SendError> {
         self.send_raw(method, path, body).await.map_err(|e| {
             if e.is_timeout() {
-                SendError(format!("no response within {:?}", self.timeout))
+                SendError(format!("no response from {} within {:?}", self.url, self.timeout))
             } else {
-                SendError(crate::redact::http_error(&e))
+                SendError(format!("cannot reach {}: {}", self.url, crate::redact::http_error(&e)))
             }
         })
     }
