@@ -8,6 +8,7 @@
 //! dead-letter points.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Instant, SystemTime};
 
@@ -78,8 +79,10 @@ pub struct Metrics {
     sink_request_seconds: HistogramFamily,
     sink_batch_events: HistogramFamily,
     sinks: RwLock<HashMap<String, Arc<SinkStats>>>,
-    /// (end LSN, commit time in Unix µs) of transactions received and not yet confirmed, oldest
-    /// first: the lag in seconds is the age of the oldest.
+    /// (commit LSN + 1, commit time in Unix µs) of transactions begun and not yet confirmed,
+    /// oldest first: the lag in seconds is the age of the oldest. From the Begin, not the Commit:
+    /// a transaction larger than a sink's channel waits mid-stream for a stuck sink, and its
+    /// Commit is not read until the sink takes its events.
     unconfirmed: Mutex<VecDeque<(u64, i64)>>,
 }
 
@@ -104,6 +107,9 @@ pub struct SinkStats {
     pub batch_events: Histogram,
     acknowledged: Gauge,
     pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Commit LSN + 1 of the last transaction the router handed an event of to this sink: above
+    /// the acknowledged position, changes wait for the sink, also before their Commit was read.
+    handed: AtomicU64,
     /// Times the sink entered the stalled state (counted by `admin` where it tells a stall).
     pub stalls: Counter,
     disabled_gauge: Gauge,
@@ -121,6 +127,9 @@ pub struct SinkStats {
 
 pub(crate) struct Progress {
     pub position: u64,
+    /// `events` when last looked at: a sink delivering a large transaction is not stalled,
+    /// although it can acknowledge nothing before the transaction's end.
+    pub events: u64,
     pub at: Instant,
     /// Whether the last look found the sink stalled (so a stall is counted once, when it starts).
     pub stalled: bool,
@@ -137,6 +146,16 @@ impl SinkStats {
     /// An attempt succeeded: the sink is no longer failing.
     pub fn healthy(&self) {
         self.failing.lock().expect("sink stats lock").take();
+    }
+
+    /// The router hands the sink an event of the transaction committing at `commit_lsn`.
+    pub fn handed(&self, commit_lsn: u64) {
+        self.handed.store(commit_lsn + 1, Ordering::Relaxed);
+    }
+
+    /// See [`Self::handed`]: changes wait for the sink while its acknowledged position is below.
+    pub fn handed_until(&self) -> u64 {
+        self.handed.load(Ordering::Relaxed)
     }
 
     /// The sink stopped delivering for good (until cdc restarts): `reason` says why and what to do.
@@ -268,12 +287,12 @@ impl Metrics {
         );
         registry.register(
             "cdc_sink_pending_seconds",
-            "How long a sink has had received changes it has not acknowledged (0 when caught up)",
+            "Seconds since a sink last acknowledged or delivered anything while changes wait for it (0 when caught up)",
             metrics.sink_pending_seconds.clone(),
         );
         registry.register(
             "cdc_sink_stalls",
-            "Times a sink entered the stalled state: changes waiting and nothing acknowledged for stall_after",
+            "Times a sink entered the stalled state: changes waiting and nothing acknowledged or delivered for stall_after",
             metrics.sink_stalls.clone(),
         );
         registry.register(
@@ -316,6 +335,7 @@ impl Metrics {
                 batch_events: self.sink_batch_events.get_or_create(&label).clone(),
                 acknowledged: self.sink_acknowledged.get_or_create(&label).clone(),
                 pending_seconds: self.sink_pending_seconds.get_or_create(&label).clone(),
+                handed: AtomicU64::new(0),
                 stalls: self.sink_stalls.get_or_create(&label).clone(),
                 disabled_gauge: self.sink_disabled.get_or_create(&label).clone(),
                 disabled: Mutex::new(None),
@@ -323,6 +343,7 @@ impl Metrics {
                 last_error: Mutex::new(None),
                 progress: Mutex::new(Progress {
                     position: 0,
+                    events: 0,
                     at: Instant::now(),
                     stalled: false,
                 }),
@@ -332,14 +353,18 @@ impl Metrics {
         stats.clone()
     }
 
-    /// The stream handed the transaction ending at `end_lsn`, committed at `committed_at_us`
-    /// (Unix µs), to the sinks.
-    pub fn received(&self, end_lsn: u64, committed_at_us: i64) {
-        self.source.received_lsn.set(end_lsn as i64);
+    /// The stream read the Begin of the transaction committing at `commit_lsn`, at
+    /// `committed_at_us` (Unix µs): it counts in the lag until a confirmed position passes it.
+    pub fn began(&self, commit_lsn: u64, committed_at_us: i64) {
         let mut unconfirmed = self.unconfirmed.lock().expect("unconfirmed lock");
         if unconfirmed.len() < UNCONFIRMED_KEPT {
-            unconfirmed.push_back((end_lsn, committed_at_us));
+            unconfirmed.push_back((commit_lsn + 1, committed_at_us));
         }
+    }
+
+    /// The stream handed the transaction ending at `end_lsn` (its Commit) to the sinks.
+    pub fn received(&self, end_lsn: u64) {
+        self.source.received_lsn.set(end_lsn as i64);
     }
 
     /// The confirmed position moved to `lsn`: sets the gauge and the lag in seconds (the age of

@@ -151,11 +151,12 @@ pub struct SinkReadiness {
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// "ok", "retrying" (failing now; what it received is not acknowledged or not all
-    /// delivered), "stalled" (changes wait and nothing was acknowledged for `stall_after`) or
+    /// delivered), "stalled" (changes wait and nothing was acknowledged or delivered for
+    /// `stall_after`) or
     /// "disabled" (it delivers nothing until cdc restarts: a webhook endpoint answered 410 Gone).
     pub status: &'static str,
     pub acknowledged_lsn: String,
-    /// Seconds since the acknowledged position last moved while changes wait (0 when caught up).
+    /// Seconds since the sink last acknowledged or delivered anything while changes wait (0 when caught up).
     pub pending_seconds: f64,
     /// For "disabled": why, and what to do; otherwise the error of a failing or stalled sink.
     pub error: Option<String>,
@@ -224,7 +225,7 @@ fn readiness(shared: &Shared) -> Readiness {
                 problems.push(format!("sink {}: disabled: {reason}", s.name));
             } else if stalled {
                 problems.push(format!(
-                    "sink {}: stalled: changes wait and nothing was acknowledged for {:.0}s (stall_after {:?}); {}",
+                    "sink {}: stalled: changes wait and nothing was acknowledged or delivered for {:.0}s (stall_after {:?}); {}",
                     s.name,
                     pending,
                     shared.stall_after,
@@ -270,17 +271,21 @@ fn readiness(shared: &Shared) -> Readiness {
     }
 }
 
-/// Where sink `s` stands against the changes `received`: seconds since its acknowledged
-/// position last moved while changes wait (0 when caught up), and whether that makes it stalled.
-/// Both the watcher and `/ready` look; whichever sees a stall start counts it, once.
+/// Where sink `s` stands against the changes `received` (and those of a transaction still
+/// being handed to it): seconds since it last acknowledged or delivered anything while changes
+/// wait (0 when caught up), and whether that makes it stalled. Both the watcher and `/ready`
+/// look; whichever sees a stall start counts it, once.
 fn follow(s: &metrics::SinkStats, received: u64, now: Instant, stall_after: Duration) -> (f64, bool) {
     let acknowledged = s.acknowledged();
+    let waiting_until = received.max(s.handed_until());
+    let events = s.events.get();
     let mut progress = s.progress.lock().expect("progress lock");
-    if acknowledged != progress.position || acknowledged >= received {
+    if acknowledged != progress.position || events != progress.events || acknowledged >= waiting_until {
         progress.position = acknowledged;
+        progress.events = events;
         progress.at = now;
     }
-    let pending = if acknowledged >= received {
+    let pending = if acknowledged >= waiting_until {
         0.0
     } else {
         now.duration_since(progress.at).as_secs_f64()
@@ -290,7 +295,7 @@ fn follow(s: &metrics::SinkStats, received: u64, now: Instant, stall_after: Dura
         s.stalls.inc();
         tracing::warn!(
             sink = %s.name,
-            "stalled: changes wait and nothing was acknowledged for {stall_after:?}{}",
+            "stalled: changes wait and nothing was acknowledged or delivered for {stall_after:?}{}",
             s.failing_with().map_or(String::new(), |e| format!("; failing with: {e}"))
         );
     }
