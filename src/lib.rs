@@ -12,6 +12,7 @@ pub mod commands;
 pub mod config;
 pub mod event;
 pub mod rebuild;
+pub mod redact;
 pub mod retry;
 pub mod router;
 pub mod sinks;

@@ -15,13 +15,15 @@ use std::sync::Arc;
 
 use tokio::sync::mpsc;
 
+use crate::admin::metrics::SinkStats;
 use crate::config::TableMapping;
 use crate::event::{Event, Lsn, Op, Row, TableName};
 use crate::sinks::SinkMsg;
 
 struct Route {
     mapping: Arc<TableMapping>,
-    sinks: Vec<mpsc::Sender<SinkMsg>>,
+    /// Each sink's channel and figures (`handed` tells `/ready` that changes wait for it).
+    sinks: Vec<(mpsc::Sender<SinkMsg>, Arc<SinkStats>)>,
 }
 
 pub struct Router {
@@ -43,7 +45,12 @@ impl Router {
             let senders = mapping
                 .sinks
                 .iter()
-                .filter_map(|name| sinks.iter().find(|(n, _)| n == name).map(|(_, tx)| tx.clone()))
+                .filter_map(|name| {
+                    sinks
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, tx)| (tx.clone(), crate::admin::metrics::sink(name)))
+                })
                 .collect();
             routes.entry(mapping.table.clone()).or_default().push(Route {
                 mapping: Arc::new(mapping.clone()),
@@ -100,7 +107,8 @@ impl Router {
                     None => continue,
                 }
             };
-            for (tx, name) in r.sinks.iter().zip(&r.mapping.sinks) {
+            for ((tx, stats), name) in r.sinks.iter().zip(&r.mapping.sinks) {
+                stats.handed(routed.commit_lsn.0);
                 tx.send(SinkMsg::Event {
                     event: routed.clone(),
                     mapping: r.mapping.clone(),

@@ -280,6 +280,9 @@ async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
     let ok = support::receiver::Receiver::start();
     let gone = support::receiver::Receiver::start();
     gone.answer(support::receiver::Answer::Status(410, None));
+    // Failing, with a retry far away: its batches wait in the outbox.
+    let down = support::receiver::Receiver::start();
+    down.answer(support::receiver::Answer::Status(500, None));
     let db = support::new_database("admin_sinks").await;
     db.exec("CREATE TABLE items (id int PRIMARY KEY, title text)").await;
     let port = support::free_port();
@@ -289,12 +292,14 @@ async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
          [sinks.search]\ntype = \"elasticsearch\"\nurl = \"{node}\"\nflush_interval = \"100ms\"\n\n\
          [sinks.hook]\ntype = \"webhook\"\nurl = \"{ok}\"\nbatch_max_wait = \"0\"\n\n\
          [sinks.gone]\ntype = \"webhook\"\nurl = \"{gone}\"\nbatch_max_wait = \"0\"\n\n\
+         [sinks.down]\ntype = \"webhook\"\nurl = \"{down}\"\nbatch_max_wait = \"0\"\nretry = [\"1h\"]\n\n\
          [admin]\nlisten = \"127.0.0.1:{port}\"\n\n\
-         [[tables]]\ntable = \"items\"\nsinks = [\"search\", \"hook\", \"gone\"]\nindex = \"{name}\"\n",
+         [[tables]]\ntable = \"items\"\nsinks = [\"search\", \"hook\", \"gone\", \"down\"]\nindex = \"{name}\"\n",
         url = db.url,
         name = db.name,
         ok = ok.url(),
         gone = gone.url(),
+        down = down.url(),
     );
     let config = support::write_config(dir.path(), &toml);
     let config = config.to_str().unwrap();
@@ -318,7 +323,7 @@ async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
         let done = of("cdc_sink_events_total", "search") == Some(50.0)
             && of("cdc_sink_events_total", "hook") == Some(50.0)
             && of("cdc_sink_dead_letters_total", "gone") == Some(50.0)
-            && ["search", "hook", "gone"]
+            && ["search", "hook", "gone", "down"]
                 .iter()
                 .all(|s| of("cdc_sink_acknowledged_lsn", s).is_some_and(|v| v >= inserted));
         if done {
@@ -362,6 +367,68 @@ async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
         "{text}"
     );
     assert!(text.contains("sink search (elasticsearch): 0 dead letters"), "{text}");
+
+    // The endpoint that answered 410 is disabled, not retrying: /ready is 503 for it alone and
+    // says what to do. The failing one is retrying, its batches in the outbox, and counted
+    // alike in /ready, /metrics, `cdc status` and the table (once the probe, every 5 s, read them).
+    let stored = db
+        .query_one_i64("SELECT count(*) FROM cdc.webhook_outbox WHERE sink = 'down'")
+        .await;
+    assert!(stored >= 2, "50 events in batches of at most 25, all stored: {stored}");
+    let sink = |body: &Value, name: &str| {
+        body["sinks"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["name"] == name).cloned())
+            .unwrap_or_else(|| panic!("no sink {name} in {body}"))
+    };
+    let (status, body) = wait_ready(&base, Duration::from_secs(60), "the backlog counted", |_, b| {
+        sink(b, "down")["outbox_batches"] == stored
+    })
+    .await;
+    assert_eq!(status, 503, "{body}");
+    let gone_state = sink(&body, "gone");
+    assert_eq!(gone_state["status"], "disabled", "{body}");
+    assert_eq!(gone_state["dead_letters"], batches, "{body}");
+    assert_eq!(gone_state["outbox_batches"], 0, "{body}");
+    let reason = gone_state["error"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("answered 410 Gone") && reason.contains("cdc dead-letters replay --all"),
+        "{body}"
+    );
+    let problems = body["problems"].as_array().unwrap();
+    assert_eq!(
+        problems.len(),
+        1,
+        "only the disabled endpoint makes it not ready: {body}"
+    );
+    assert!(
+        problems[0].as_str().unwrap().starts_with("sink gone: disabled: "),
+        "{body}"
+    );
+    assert_eq!(sink(&body, "down")["status"], "retrying", "{body}");
+    assert_eq!(sink(&body, "down")["dead_letters"], 0, "{body}");
+    assert_eq!(sink(&body, "search")["outbox_batches"], Value::Null, "{body}");
+    assert_eq!(sink(&body, "hook")["status"], "ok", "{body}");
+    let samples = scrape(&base).await;
+    let of = |name: &str, sink: &str| value(&samples, name, &[("sink", sink)]);
+    assert_eq!(of("cdc_webhook_outbox_batches", "down"), Some(stored as f64));
+    assert_eq!(of("cdc_webhook_outbox_batches", "gone"), Some(0.0));
+    assert_eq!(of("cdc_webhook_outbox_batches", "search"), None, "not a webhook");
+    assert_eq!(of("cdc_sink_disabled", "gone"), Some(1.0));
+    assert_eq!(of("cdc_sink_disabled", "hook"), Some(0.0));
+    let out = support::cdc(&["--config", config, "status"]);
+    let text = support::stdout_of(&out);
+    assert_eq!(out.status.code(), Some(1), "not ready: {text}");
+    assert!(
+        text.contains(&format!(
+            "sink down (webhook): 0 dead letters, {stored} batches in the outbox"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains("  sink gone: disabled, acknowledged ") && text.contains("answered 410 Gone"),
+        "{text}"
+    );
     cdc.kill9();
 }
 
@@ -440,5 +507,190 @@ async fn a_blocked_webhook_stalls_ready_and_both_recover_when_the_endpoint_is_ba
         assert!(Instant::now() < deadline, "the lag never fell back to 0: {now}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    assert!(cdc.sigterm().success(), "{}", cdc.stderr_text());
+}
+
+/// The lag contract on the search sink: while the node cannot be reached (a proxy in front of
+/// the real node closes every connection), the rows written wait: the lag in bytes and in
+/// seconds rise, `/ready` is 503 naming the sink and one stall is counted; once the node is back
+/// the documents arrive, both lags fall and `/ready` is 200 again. Then the same with one
+/// transaction larger than the sink's channel, which waits mid-stream (its Commit unread): the
+/// lag in seconds and the stall still show it.
+#[tokio::test]
+async fn lag_rises_while_the_search_node_is_unreachable_and_falls_when_it_is_back() {
+    let node = support::search::node_url();
+    let proxy = support::proxy::Proxy::start(&node);
+    let db = support::new_database("admin_search_lag").await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, title text)").await;
+    let port = support::free_port();
+    let dir = support::temp_dir();
+    let toml = format!(
+        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n\
+         [sinks.search]\ntype = \"elasticsearch\"\nurl = \"{proxy}\"\nflush_interval = \"100ms\"\n\n\
+         [admin]\nlisten = \"127.0.0.1:{port}\"\nstall_after = \"3s\"\n\n\
+         [[tables]]\ntable = \"items\"\nsinks = [\"search\"]\nindex = \"{name}\"\n",
+        url = db.url,
+        name = db.name,
+        proxy = proxy.url,
+    );
+    let config = support::write_config(dir.path(), &toml);
+    let config = config.to_str().unwrap();
+    let setup = support::cdc(&["--config", config, "setup"]);
+    assert!(setup.status.success(), "{}", support::stderr_of(&setup));
+    let mut cdc = support::CdcProcess::start(&["--config", config, "run"], &[]);
+    let base = format!("http://127.0.0.1:{port}");
+    wait_ready(&base, Duration::from_secs(60), "ready and streaming", |status, b| {
+        status == 200 && b["source"]["status"] == "streaming"
+    })
+    .await;
+    // A first row through the proxy: the index exists and the sink is caught up.
+    db.exec("INSERT INTO items VALUES (0, 'before')").await;
+    let docs = |want: usize| {
+        let (node, index) = (node.clone(), db.name.clone());
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            loop {
+                let n = support::search::raw_docs(&node, &index).await.len();
+                if n == want {
+                    return;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the index holds {n} documents, expected {want}"
+                );
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+        }
+    };
+    docs(1).await;
+    let metric = |name: &'static str| {
+        let base = base.clone();
+        async move { value(&scrape(&base).await, name, &[]).unwrap_or_else(|| panic!("no {name}")) }
+    };
+
+    let stalls = |samples: &[prometheus_parse::Sample]| value(samples, "cdc_sink_stalls_total", &[("sink", "search")]);
+    // (Creating the index may have taken longer than stall_after on a busy node: count from here.)
+    let stalls_before = stalls(&scrape(&base).await).unwrap();
+
+    proxy.down();
+    let before = db.current_wal_lsn().await;
+    // About 10 MB of WAL (incompressible text under the TOAST threshold), far above what the
+    // other tests sharing the cluster write while the lag is read back after the recovery; in
+    // 200 transactions, so that the first ones reach the sink whole and wait for it there, and
+    // the slot's confirmed position stays before them.
+    db.exec(
+        "DO $$ BEGIN FOR t IN 0..199 LOOP \
+           INSERT INTO items SELECT g, (SELECT string_agg(md5(g::text || '.' || i::text), '') \
+             FROM generate_series(1, 30) i) FROM generate_series(t * 50 + 1, t * 50 + 50) g; \
+           COMMIT; \
+         END LOOP; END $$",
+    )
+    .await;
+    let held = (db.current_wal_lsn().await - before) as f64;
+    assert!(held > 5e6, "the insert wrote {held} bytes of WAL");
+
+    // Both lags rise: the bytes once the slot probe (every 5 s) has read the slot, the seconds
+    // with the held transaction's age.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (mut first_seconds, mut risen) = (None, false);
+    while !risen {
+        let samples = scrape(&base).await;
+        let bytes = value(&samples, "cdc_source_lag_bytes", &[]).unwrap();
+        let seconds = value(&samples, "cdc_source_lag_seconds", &[]).unwrap();
+        let first = *first_seconds.get_or_insert(seconds);
+        risen = bytes >= held && seconds > first && seconds >= 2.0;
+        assert!(
+            Instant::now() < deadline,
+            "the lag did not rise while the node was unreachable: {bytes} bytes (held {held}), {seconds} s\n{}",
+            cdc.stderr_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, body) = wait_ready(
+        &base,
+        Duration::from_secs(60),
+        "the search sink stalled",
+        |status, b| status == 503 && b["sinks"][0]["status"] == "stalled",
+    )
+    .await;
+    let problems = body["problems"].to_string();
+    assert!(
+        problems.contains("sink search: stalled") && problems.contains(&proxy.url.replace("http://", "")),
+        "the reason names the sink and the node it cannot reach: {body}"
+    );
+    // Counted once while it lasts: still one more after two stall_after windows.
+    wait_ready(&base, Duration::from_secs(60), "the stall lasting 6 s", |_, b| {
+        b["sinks"][0]["status"] == "stalled" && b["sinks"][0]["pending_seconds"].as_f64().unwrap_or(0.0) >= 6.0
+    })
+    .await;
+    assert_eq!(stalls(&scrape(&base).await), Some(stalls_before + 1.0));
+
+    proxy.up();
+    docs(10001).await;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let (bytes, seconds) = (
+            metric("cdc_source_lag_bytes").await,
+            metric("cdc_source_lag_seconds").await,
+        );
+        if seconds == 0.0 && bytes < held {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lag did not fall after the node came back: {bytes} bytes (held {held}), {seconds} s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (_, body) = wait_ready(&base, Duration::from_secs(60), "ready again", |status, b| {
+        status == 200 && b["sinks"][0]["status"] == "ok"
+    })
+    .await;
+    assert_eq!(body["problems"], serde_json::json!([]), "{body}");
+    // (Not necessarily still +1: a request whose retry timer outlasts the outage may keep the
+    // sink without progress for another stall_after once the others are through.)
+    let stalls_before = stalls(&scrape(&base).await).unwrap();
+
+    // One transaction of 10,000 rows: more messages than the sink's channel holds (4096).
+    proxy.down();
+    db.exec("UPDATE items SET title = 'again' WHERE id > 0").await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let seconds = metric("cdc_source_lag_seconds").await;
+        if seconds >= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the lag in seconds did not rise while a large transaction waited: {seconds} s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    wait_ready(
+        &base,
+        Duration::from_secs(60),
+        "the search sink stalled on the large transaction",
+        |status, b| status == 503 && b["sinks"][0]["status"] == "stalled",
+    )
+    .await;
+    assert_eq!(stalls(&scrape(&base).await), Some(stalls_before + 1.0));
+    proxy.up();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let docs = support::search::raw_docs(&node, &db.name).await;
+        let updated = docs.values().filter(|d| d.contains("\"again\"")).count();
+        if updated == 10000 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{updated} of 10000 documents updated");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    wait_ready(
+        &base,
+        Duration::from_secs(60),
+        "ready after the large transaction",
+        |status, b| status == 200 && b["source"]["lag_seconds"] == 0.0,
+    )
+    .await;
     assert!(cdc.sigterm().success(), "{}", cdc.stderr_text());
 }

@@ -8,6 +8,7 @@
 //! dead-letter points.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Instant, SystemTime};
 
@@ -73,14 +74,20 @@ pub struct Metrics {
     sink_dead_letters: Family<SinkLabel, Counter>,
     sink_in_flight: Family<SinkLabel, Gauge>,
     sink_pending_seconds: Family<SinkLabel, Gauge<f64, std::sync::atomic::AtomicU64>>,
+    sink_stalls: Family<SinkLabel, Counter>,
+    sink_disabled: Family<SinkLabel, Gauge>,
+    /// Set by the admin probe from `cdc.webhook_outbox` (see `admin::probe`).
+    webhook_outbox_batches: Family<SinkLabel, Gauge>,
     sink_request_seconds: HistogramFamily,
     sink_batch_events: HistogramFamily,
     stream_clients: Family<SinkLabel, Gauge>,
     stream_sent: Family<SinkLabel, Counter>,
     stream_lagged: Family<SinkLabel, Counter>,
     sinks: RwLock<HashMap<String, Arc<SinkStats>>>,
-    /// (end LSN, commit time in Unix µs) of transactions received and not yet confirmed, oldest
-    /// first: the lag in seconds is the age of the oldest.
+    /// (commit LSN + 1, commit time in Unix µs) of transactions begun and not yet confirmed,
+    /// oldest first: the lag in seconds is the age of the oldest. From the Begin, not the Commit:
+    /// a transaction larger than a sink's channel waits mid-stream for a stuck sink, and its
+    /// Commit is not read until the sink takes its events.
     unconfirmed: Mutex<VecDeque<(u64, i64)>>,
 }
 
@@ -105,6 +112,15 @@ pub struct SinkStats {
     pub batch_events: Histogram,
     acknowledged: Gauge,
     pending_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Commit LSN + 1 of the last transaction the router handed an event of to this sink: above
+    /// the acknowledged position, changes wait for the sink, also before their Commit was read.
+    handed: AtomicU64,
+    /// Times the sink entered the stalled state (counted by `admin` where it tells a stall).
+    pub stalls: Counter,
+    disabled_gauge: Gauge,
+    /// Why the sink stopped delivering until cdc restarts (a webhook endpoint that answered 410
+    /// Gone); None while it delivers.
+    disabled: Mutex<Option<String>>,
     /// While the sink is retrying: the error (secrets are never in it: sinks name the URL
     /// without credentials). None when its last attempt succeeded.
     failing: Mutex<Option<String>>,
@@ -124,7 +140,12 @@ pub struct StreamStats {
 
 pub(crate) struct Progress {
     pub position: u64,
+    /// `events` when last looked at: a sink delivering a large transaction is not stalled,
+    /// although it can acknowledge nothing before the transaction's end.
+    pub events: u64,
     pub at: Instant,
+    /// Whether the last look found the sink stalled (so a stall is counted once, when it starts).
+    pub stalled: bool,
 }
 
 impl SinkStats {
@@ -138,6 +159,26 @@ impl SinkStats {
     /// An attempt succeeded: the sink is no longer failing.
     pub fn healthy(&self) {
         self.failing.lock().expect("sink stats lock").take();
+    }
+
+    /// The router hands the sink an event of the transaction committing at `commit_lsn`.
+    pub fn handed(&self, commit_lsn: u64) {
+        self.handed.store(commit_lsn + 1, Ordering::Relaxed);
+    }
+
+    /// See [`Self::handed`]: changes wait for the sink while its acknowledged position is below.
+    pub fn handed_until(&self) -> u64 {
+        self.handed.load(Ordering::Relaxed)
+    }
+
+    /// The sink stopped delivering for good (until cdc restarts): `reason` says why and what to do.
+    pub fn disable(&self, reason: &str) {
+        *self.disabled.lock().expect("sink stats lock") = Some(reason.to_string());
+        self.disabled_gauge.set(1);
+    }
+
+    pub fn disabled(&self) -> Option<String> {
+        self.disabled.lock().expect("sink stats lock").clone()
     }
 
     pub fn failing_with(&self) -> Option<String> {
@@ -229,6 +270,9 @@ impl Metrics {
             sink_dead_letters: Family::default(),
             sink_in_flight: Family::default(),
             sink_pending_seconds: Family::default(),
+            sink_stalls: Family::default(),
+            sink_disabled: Family::default(),
+            webhook_outbox_batches: Family::default(),
             sink_request_seconds: Family::new_with_constructor(request_seconds),
             sink_batch_events: Family::new_with_constructor(batch_events),
             stream_clients: Family::default(),
@@ -265,8 +309,23 @@ impl Metrics {
         );
         registry.register(
             "cdc_sink_pending_seconds",
-            "How long a sink has had received changes it has not acknowledged (0 when caught up)",
+            "Seconds since a sink last acknowledged or delivered anything while changes wait for it (0 when caught up)",
             metrics.sink_pending_seconds.clone(),
+        );
+        registry.register(
+            "cdc_sink_stalls",
+            "Times a sink entered the stalled state: changes waiting and nothing acknowledged or delivered for stall_after",
+            metrics.sink_stalls.clone(),
+        );
+        registry.register(
+            "cdc_sink_disabled",
+            "1 when a sink stopped delivering until cdc restarts (a webhook endpoint that answered 410 Gone)",
+            metrics.sink_disabled.clone(),
+        );
+        registry.register(
+            "cdc_webhook_outbox_batches",
+            "Batches waiting in a webhook sink's outbox (cdc.webhook_outbox, read every 5 s)",
+            metrics.webhook_outbox_batches.clone(),
         );
         registry.register(
             "cdc_sink_request_duration_seconds",
@@ -325,11 +384,17 @@ impl Metrics {
                 batch_events: self.sink_batch_events.get_or_create(&label).clone(),
                 acknowledged: self.sink_acknowledged.get_or_create(&label).clone(),
                 pending_seconds: self.sink_pending_seconds.get_or_create(&label).clone(),
+                handed: AtomicU64::new(0),
+                stalls: self.sink_stalls.get_or_create(&label).clone(),
+                disabled_gauge: self.sink_disabled.get_or_create(&label).clone(),
+                disabled: Mutex::new(None),
                 failing: Mutex::new(None),
                 last_error: Mutex::new(None),
                 progress: Mutex::new(Progress {
                     position: 0,
+                    events: 0,
                     at: Instant::now(),
+                    stalled: false,
                 }),
             })
         });
@@ -337,14 +402,18 @@ impl Metrics {
         stats.clone()
     }
 
-    /// The stream handed the transaction ending at `end_lsn`, committed at `committed_at_us`
-    /// (Unix µs), to the sinks.
-    pub fn received(&self, end_lsn: u64, committed_at_us: i64) {
-        self.source.received_lsn.set(end_lsn as i64);
+    /// The stream read the Begin of the transaction committing at `commit_lsn`, at
+    /// `committed_at_us` (Unix µs): it counts in the lag until a confirmed position passes it.
+    pub fn began(&self, commit_lsn: u64, committed_at_us: i64) {
         let mut unconfirmed = self.unconfirmed.lock().expect("unconfirmed lock");
         if unconfirmed.len() < UNCONFIRMED_KEPT {
-            unconfirmed.push_back((end_lsn, committed_at_us));
+            unconfirmed.push_back((commit_lsn + 1, committed_at_us));
         }
+    }
+
+    /// The stream handed the transaction ending at `end_lsn` (its Commit) to the sinks.
+    pub fn received(&self, end_lsn: u64) {
+        self.source.received_lsn.set(end_lsn as i64);
     }
 
     /// The confirmed position moved to `lsn`: sets the gauge and the lag in seconds (the age of
@@ -366,6 +435,15 @@ impl Metrics {
             (now - committed_at_us).max(0) as f64 / 1e6
         });
         self.source.lag_seconds.set(lag);
+    }
+
+    /// The outbox depth of each webhook sink, as the admin probe last counted it.
+    pub fn set_outbox_batches(&self, outbox: &HashMap<String, i64>) {
+        for s in self.sinks().iter().filter(|s| s.kind == "webhook") {
+            let label = SinkLabel { sink: s.name.clone() };
+            let batches = outbox.get(&s.name).copied().unwrap_or(0);
+            self.webhook_outbox_batches.get_or_create(&label).set(batches);
+        }
     }
 
     /// Every sink's stats, by name.
@@ -429,6 +507,10 @@ mod tests {
         let stats = m.register_sink("unit_test_sink", "stdout", Ack::detached());
         stats.events.inc_by(3);
         stats.failing("cannot reach http://127.0.0.1:1");
+        stats.stalls.inc();
+        stats.disable("answered 410 Gone");
+        let hook = m.register_sink("unit_test_hook", "webhook", Ack::detached());
+        m.set_outbox_batches(&HashMap::from([("unit_test_hook".to_string(), 7)]));
         m.table_counters(&TableName {
             schema: "public".into(),
             name: "t".into(),
@@ -437,11 +519,11 @@ mod tests {
         let text = m.encode();
         let lines = text.lines().map(|l| Ok(l.to_string()));
         let scrape = prometheus_parse::Scrape::parse(lines).expect("valid exposition");
-        let value = |name: &str| {
+        let value_of = |name: &str, sink: &str| {
             scrape
                 .samples
                 .iter()
-                .find(|s| s.metric == name && s.labels.get("sink") == Some("unit_test_sink"))
+                .find(|s| s.metric == name && s.labels.get("sink") == Some(sink))
                 .and_then(|s| match s.value {
                     prometheus_parse::Value::Counter(v)
                     | prometheus_parse::Value::Gauge(v)
@@ -449,7 +531,22 @@ mod tests {
                     _ => None,
                 })
         };
+        let value = |name: &str| value_of(name, "unit_test_sink");
         assert_eq!(value("cdc_sink_events_total"), Some(3.0), "{text}");
+        assert_eq!(value("cdc_sink_stalls_total"), Some(1.0), "{text}");
+        assert_eq!(value("cdc_sink_disabled"), Some(1.0), "{text}");
+        assert_eq!(stats.disabled().as_deref(), Some("answered 410 Gone"));
+        assert_eq!(
+            value_of("cdc_webhook_outbox_batches", "unit_test_hook"),
+            Some(7.0),
+            "{text}"
+        );
+        assert_eq!(value_of("cdc_sink_disabled", &hook.name), Some(0.0), "{text}");
+        assert_eq!(
+            value("cdc_webhook_outbox_batches"),
+            None,
+            "only webhook sinks have an outbox: {text}"
+        );
         assert_eq!(value("cdc_sink_retries_total"), Some(1.0), "{text}");
         assert_eq!(value("cdc_sink_acknowledged_lsn"), Some(0.0), "{text}");
         assert_eq!(stats.failing_with().as_deref(), Some("cannot reach http://127.0.0.1:1"));

@@ -4,9 +4,10 @@
 //! (see `sinks::stream::http`).
 //!
 //! Two background tasks feed it: the watcher (every 500 ms) follows each sink's acknowledged
-//! position to tell a stalled sink from a busy one, and the probe (every 5 s, its own small
-//! catalog connection) reads the slot from `pg_replication_slots`: lag in bytes, WAL retained,
-//! and whether Postgres invalidated it.
+//! position to tell a stalled sink from a busy one (and counts stalls), and the probe (every 5 s,
+//! its own small catalog connection) reads the slot from `pg_replication_slots` (lag in bytes,
+//! WAL retained, whether Postgres invalidated it) and, with `[admin]`, what waits in cdc's state
+//! tables per sink (dead letters, webhook outbox: `state::Backlog`, as `cdc status` reads it).
 
 pub mod metrics;
 
@@ -24,6 +25,7 @@ use tokio::task::JoinHandle;
 
 use crate::config::{AdminConfig, SourceConfig};
 use crate::event::Lsn;
+use crate::state::Backlog;
 
 /// How often the slot is read from the catalog.
 const PROBE_INTERVAL: Duration = Duration::from_secs(5);
@@ -46,6 +48,9 @@ struct Shared {
     warn_retained_wal: u64,
     max_retained_wal: Option<u64>,
     slot: Mutex<SlotState>,
+    /// Dead letters and outbox batches per sink, as the probe last counted them; None before
+    /// the first count, and always without `[admin]` (nobody would read it).
+    backlog: Mutex<Option<Backlog>>,
 }
 
 /// The running server and its tasks; dropping it stops them.
@@ -71,10 +76,16 @@ pub async fn start(admin: Option<&AdminConfig>, source: &SourceConfig) -> anyhow
         warn_retained_wal: source.warn_retained_wal,
         max_retained_wal: source.max_retained_wal,
         slot: Mutex::new(SlotState::default()),
+        backlog: Mutex::new(None),
     });
     let mut tasks = vec![
-        tokio::spawn(watch()),
-        tokio::spawn(probe(shared.clone(), source.url.clone(), source.slot.clone())),
+        tokio::spawn(watch(shared.clone())),
+        tokio::spawn(probe(
+            shared.clone(),
+            source.url.clone(),
+            source.slot.clone(),
+            admin.is_some(),
+        )),
     ];
     let mut addr = None;
     if let Some(admin) = admin {
@@ -142,12 +153,19 @@ pub struct SinkReadiness {
     #[serde(rename = "type")]
     pub kind: &'static str,
     /// "ok", "retrying" (failing now; what it received is not acknowledged or not all
-    /// delivered) or "stalled" (changes wait and nothing was acknowledged for `stall_after`).
+    /// delivered), "stalled" (changes wait and nothing was acknowledged or delivered for
+    /// `stall_after`) or
+    /// "disabled" (it delivers nothing until cdc restarts: a webhook endpoint answered 410 Gone).
     pub status: &'static str,
     pub acknowledged_lsn: String,
-    /// Seconds since the acknowledged position last moved while changes wait (0 when caught up).
+    /// Seconds since the sink last acknowledged or delivered anything while changes wait (0 when caught up).
     pub pending_seconds: f64,
+    /// For "disabled": why, and what to do; otherwise the error of a failing or stalled sink.
     pub error: Option<String>,
+    /// Rows of `cdc.dead_letters` (None until the probe first counted them).
+    pub dead_letters: Option<i64>,
+    /// Webhook sinks: batches waiting in the outbox (None for other sinks, and before the first count).
+    pub outbox_batches: Option<i64>,
 }
 
 async fn ready(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
@@ -190,25 +208,32 @@ fn readiness(shared: &Shared) -> Readiness {
         }
     }
     let received = m.source.received_lsn.get() as u64;
+    let backlog = shared.backlog.lock().expect("backlog lock").clone();
     let sinks = m
         .sinks()
         .into_iter()
         .map(|s| {
-            let acknowledged = s.acknowledged();
-            let pending = pending_seconds(&s, acknowledged, received, Instant::now());
+            let (pending, stalled) = follow(&s, received, Instant::now(), shared.stall_after);
             let failing = s.failing_with();
-            let stalled = pending >= shared.stall_after.as_secs_f64();
-            let status = if stalled {
+            let disabled = s.disabled();
+            let status = if disabled.is_some() {
+                "disabled"
+            } else if stalled {
                 "stalled"
             } else if failing.is_some() {
                 "retrying"
             } else {
                 "ok"
             };
-            let error = failing.or_else(|| stalled.then(|| s.last_error().map(|(e, _)| e)).flatten());
-            if stalled {
+            let error = disabled
+                .clone()
+                .or(failing)
+                .or_else(|| stalled.then(|| s.last_error().map(|(e, _)| e)).flatten());
+            if let Some(reason) = &disabled {
+                problems.push(format!("sink {}: disabled: {reason}", s.name));
+            } else if stalled {
                 problems.push(format!(
-                    "sink {}: stalled: changes wait and nothing was acknowledged for {:.0}s (stall_after {:?}); {}",
+                    "sink {}: stalled: changes wait and nothing was acknowledged or delivered for {:.0}s (stall_after {:?}); {}",
                     s.name,
                     pending,
                     shared.stall_after,
@@ -218,13 +243,22 @@ fn readiness(shared: &Shared) -> Readiness {
                     }
                 ));
             }
+            let count = |of: fn(&Backlog) -> &std::collections::HashMap<String, i64>| {
+                backlog.as_ref().map(|b| of(b).get(&s.name).copied().unwrap_or(0))
+            };
             SinkReadiness {
                 name: s.name.clone(),
                 kind: s.kind,
                 status,
-                acknowledged_lsn: Lsn(acknowledged).to_string(),
+                acknowledged_lsn: Lsn(s.acknowledged()).to_string(),
                 pending_seconds: pending,
                 error,
+                dead_letters: count(|b| &b.dead_letters),
+                outbox_batches: if s.kind == "webhook" {
+                    count(|b| &b.outbox_batches)
+                } else {
+                    None
+                },
             }
         })
         .collect();
@@ -251,23 +285,41 @@ fn readiness(shared: &Shared) -> Readiness {
     }
 }
 
-/// Seconds since the sink's acknowledged position last moved, while it is behind `received`.
-fn pending_seconds(s: &metrics::SinkStats, acknowledged: u64, received: u64, now: Instant) -> f64 {
+/// Where sink `s` stands against the changes `received` (and those of a transaction still
+/// being handed to it): seconds since it last acknowledged or delivered anything while changes
+/// wait (0 when caught up), and whether that makes it stalled. Both the watcher and `/ready`
+/// look; whichever sees a stall start counts it, once.
+fn follow(s: &metrics::SinkStats, received: u64, now: Instant, stall_after: Duration) -> (f64, bool) {
+    let acknowledged = s.acknowledged();
+    let waiting_until = received.max(s.handed_until());
+    let events = s.events.get();
     let mut progress = s.progress.lock().expect("progress lock");
-    if acknowledged != progress.position || acknowledged >= received {
+    if acknowledged != progress.position || events != progress.events || acknowledged >= waiting_until {
         progress.position = acknowledged;
+        progress.events = events;
         progress.at = now;
     }
-    if acknowledged >= received {
+    let pending = if acknowledged >= waiting_until {
         0.0
     } else {
         now.duration_since(progress.at).as_secs_f64()
+    };
+    let stalled = pending >= stall_after.as_secs_f64();
+    if stalled && !progress.stalled {
+        s.stalls.inc();
+        tracing::warn!(
+            sink = %s.name,
+            "stalled: changes wait and nothing was acknowledged or delivered for {stall_after:?}{}",
+            s.failing_with().map_or(String::new(), |e| format!("; failing with: {e}"))
+        );
     }
+    progress.stalled = stalled;
+    (pending, stalled)
 }
 
 /// Follows every sink's acknowledged position (so a stall is measured from the last movement,
-/// not from the last scrape) and keeps the pending-seconds gauges current.
-async fn watch() {
+/// and counted, without anyone scraping) and keeps the pending-seconds gauges current.
+async fn watch(shared: Arc<Shared>) {
     let mut tick = tokio::time::interval(WATCH_INTERVAL);
     loop {
         tick.tick().await;
@@ -276,15 +328,21 @@ async fn watch() {
         let received = m.source.received_lsn.get() as u64;
         let now = Instant::now();
         for s in m.sinks() {
-            let pending = pending_seconds(&s, s.acknowledged(), received, now);
+            let (pending, _) = follow(&s, received, now, shared.stall_after);
             s.set_pending_seconds(pending);
         }
     }
 }
 
 /// Reads the slot every [`PROBE_INTERVAL`] on its own connection (reconnecting when it breaks),
-/// sets the WAL gauges and warns when the slot holds more WAL than `warn_retained_wal`.
-async fn probe(shared: Arc<Shared>, url: String, slot: String) {
+/// sets the WAL gauges and warns when the slot holds more WAL than `warn_retained_wal`; with
+/// `backlog`, counts the dead letters and outbox batches per sink too.
+///
+/// The outbox depth is counted in its table rather than tracked in memory: rows come from the
+/// sink, from `cdc dead-letters replay` (another process) and from earlier runs, so only the
+/// table is right. Counting (on the `(sink, id)` indexes) costs Postgres a moment every 5 s on
+/// this connection, never the stream.
+async fn probe(shared: Arc<Shared>, url: String, slot: String, backlog: bool) {
     let mut client = None;
     let mut warned = false;
     let mut tick = tokio::time::interval(PROBE_INTERVAL);
@@ -319,6 +377,15 @@ async fn probe(shared: Arc<Shared>, url: String, slot: String) {
                     m.source.lag_bytes.set(lag);
                 }
                 *shared.slot.lock().expect("slot lock") = state;
+                if backlog {
+                    match Backlog::read(c).await {
+                        Ok(b) => {
+                            m.set_outbox_batches(&b.outbox_batches);
+                            *shared.backlog.lock().expect("backlog lock") = Some(b);
+                        }
+                        Err(e) => tracing::debug!("counting dead letters and outbox batches: {e}"),
+                    }
+                }
             }
             Err(e) => {
                 shared.slot.lock().expect("slot lock").error = Some(format!("reading the slot: {e}"));

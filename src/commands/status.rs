@@ -66,36 +66,16 @@ pub async fn run(config: &Config, json: bool) -> anyhow::Result<i32> {
             lag_bytes: row.get(3),
             retained_wal_bytes: row.get(4),
         });
-    let counts = |table: &'static str| {
-        let client = &client;
-        async move {
-            // The state tables exist once `cdc setup` or `cdc run` made them.
-            let exists: bool = client
-                .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
-                .await?
-                .get(0);
-            let mut counts = std::collections::HashMap::new();
-            if exists {
-                for row in client
-                    .query(&format!("SELECT sink, count(*) FROM {table} GROUP BY sink"), &[])
-                    .await?
-                {
-                    counts.insert(row.get::<_, String>(0), row.get::<_, i64>(1));
-                }
-            }
-            Ok::<_, anyhow::Error>(counts)
-        }
-    };
-    let dead = counts("cdc.dead_letters").await?;
-    let outbox = counts("cdc.webhook_outbox").await?;
+    let backlog = crate::state::Backlog::read(&client).await?;
     let sinks = config
         .sinks
         .iter()
         .map(|(name, sink)| SinkState {
             name: name.clone(),
             kind: sink.type_name(),
-            dead_letters: dead.get(name).copied().unwrap_or(0),
-            outbox_batches: matches!(sink, SinkConfig::Webhook(_)).then(|| outbox.get(name).copied().unwrap_or(0)),
+            dead_letters: backlog.dead_letters.get(name).copied().unwrap_or(0),
+            outbox_batches: matches!(sink, SinkConfig::Webhook(_))
+                .then(|| backlog.outbox_batches.get(name).copied().unwrap_or(0)),
         })
         .collect();
     let (live, live_unavailable) = live(config).await;

@@ -46,10 +46,13 @@ pub async fn test(config: &Config, name: &str) -> anyhow::Result<i32> {
     let (id, response) = test_event::send(name, sink).await?;
     let latency_ms = response.latency.as_secs_f64() * 1000.0;
     match response.status {
-        Some(status) => println!("{} answered {status} in {latency_ms:.1} ms", sink.url),
+        Some(status) => println!(
+            "{} answered {status} in {latency_ms:.1} ms",
+            crate::redact::url(&sink.url)
+        ),
         None => println!(
             "{} did not answer: {} ({latency_ms:.1} ms)",
-            sink.url,
+            crate::redact::url(&sink.url),
             response.error.as_deref().unwrap_or("")
         ),
     }
@@ -83,7 +86,7 @@ pub async fn attempts(config: &Config, name: &str) -> anyhow::Result<()> {
     let recent = attempts::recent(&db, name, SHOWN).await?;
     println!(
         "{name} → {}: {waiting} batches in the outbox; last {} attempts, newest first",
-        sink.url,
+        crate::redact::url(&sink.url),
         recent.len()
     );
     for a in &recent {

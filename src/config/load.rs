@@ -19,7 +19,7 @@
 //!
 //! [admin]                     # optional: cdc run's HTTP server
 //! listen = "127.0.0.1:9187"   # required in [admin]; serves /health, /ready, /metrics
-//! stall_after = "5m"          # /ready fails for a sink with changes waiting and no ack for this long
+//! stall_after = "5m"          # /ready fails for a sink with changes waiting and nothing acked or delivered for this long
 //!
 //! [log]                       # optional
 //! format = "json"             # "text" (default) or "json"; --log-format overrides it

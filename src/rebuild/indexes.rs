@@ -215,7 +215,7 @@ async fn call(service: &Service, method: Method, path: &str, body: Option<Vec<u8
     let reply = service
         .send(method, path, body.map(Bytes::from))
         .await
-        .with_context(|| format!("{what}: cannot reach {}", service.url))?;
+        .with_context(|| what.clone())?;
     if !reply.ok() {
         bail!("{what}: HTTP {}: {}", reply.status, reply.text());
     }

@@ -497,10 +497,7 @@ async fn search(service: &Service, alias: &str, body: Json) -> anyhow::Result<Js
 
 async fn request(service: &Service, method: Method, path: &str, body: Option<Json>) -> anyhow::Result<Json> {
     let body = body.map(|b| Bytes::from(b.to_string()));
-    let reply = service
-        .send(method, path, body)
-        .await
-        .with_context(|| format!("cannot reach {}", service.url))?;
+    let reply = service.send(method, path, body).await?;
     if reply.status == 404 {
         bail!("{path}: the index does not exist (HTTP 404): run `cdc rebuild-index` or `cdc run` first");
     }

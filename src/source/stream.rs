@@ -201,22 +201,24 @@ async fn session(
                     xid,
                     commit_time_micros,
                 } => {
+                    let committed_at_us = changes::pg_time_to_unix_us(commit_time_micros);
+                    crate::admin::metrics::global().began(final_lsn.as_u64(), committed_at_us);
                     txn = Some(Txn {
                         commit_lsn: Lsn(final_lsn.as_u64()),
                         xid,
-                        committed_at_us: changes::pg_time_to_unix_us(commit_time_micros),
+                        committed_at_us,
                         seq: 0,
                     });
                 }
                 ReplicationEvent::Commit { lsn, end_lsn, .. } => {
-                    let committed_at_us = txn.take().map_or(0, |t| t.committed_at_us);
+                    txn = None;
                     let end = Lsn(end_lsn.as_u64());
                     router
                         .commit(Lsn(lsn.as_u64()), end)
                         .await
                         .map_err(|e| SessionError::Fatal(e.into()))?;
                     checkpoint.dispatched(end);
-                    crate::admin::metrics::global().received(end.0, committed_at_us);
+                    crate::admin::metrics::global().received(end.0);
                     return Ok(reached(stop_at, end));
                 }
                 ReplicationEvent::XLogData { wal_start, data, .. } => {

@@ -9,6 +9,8 @@ mod postgres;
 
 pub use postgres::Postgres;
 
+use std::collections::HashMap;
+
 use anyhow::Context;
 use tokio_postgres::Client;
 
@@ -81,4 +83,40 @@ pub async fn missing_tables(client: &Client) -> Result<Vec<&'static str>, tokio_
         }
     }
     Ok(missing)
+}
+
+/// What waits in cdc's state, per sink: dead letters (rows of `cdc.dead_letters`: documents for
+/// a search sink, batches for a webhook) and batches in the webhook outbox. `cdc status` and the
+/// admin probe (`/ready`, `/metrics`) both read it here.
+#[derive(Debug, Clone, Default)]
+pub struct Backlog {
+    pub dead_letters: HashMap<String, i64>,
+    pub outbox_batches: HashMap<String, i64>,
+}
+
+impl Backlog {
+    /// Counts both tables (each on its `(sink, id)` index); a table not created yet counts as empty.
+    pub async fn read(client: &Client) -> Result<Backlog, tokio_postgres::Error> {
+        Ok(Backlog {
+            dead_letters: per_sink(client, "cdc.dead_letters").await?,
+            outbox_batches: per_sink(client, "cdc.webhook_outbox").await?,
+        })
+    }
+}
+
+async fn per_sink(client: &Client, table: &str) -> Result<HashMap<String, i64>, tokio_postgres::Error> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass($1) IS NOT NULL", &[&table])
+        .await?
+        .get(0);
+    let mut counts = HashMap::new();
+    if exists {
+        for row in client
+            .query(&format!("SELECT sink, count(*) FROM {table} GROUP BY sink"), &[])
+            .await?
+        {
+            counts.insert(row.get::<_, String>(0), row.get::<_, i64>(1));
+        }
+    }
+    Ok(counts)
 }

@@ -4,6 +4,8 @@
 //!   until [`Proxy::release`]; then they are forwarded as they are, however late;
 //! - [`Proxy::limit_body`]: requests with a body above a byte size are answered 413, as a node
 //!   answers a body over its `http.max_content_length`, without reaching the node;
+//! - [`Proxy::down`]: the node is gone, as when it is stopped: every connection is closed
+//!   without an answer until [`Proxy::up`];
 //! - every forwarded `_bulk` body is recorded (its first 64 kB) in arrival order.
 //!
 //! It runs on a runtime thread of its own, so a test blocked on a `cdc` command or a node
@@ -23,6 +25,7 @@ struct State {
     /// Requests answered 413.
     too_large: usize,
     bulk_bodies: Vec<String>,
+    down: bool,
 }
 
 #[derive(Clone)]
@@ -65,6 +68,20 @@ impl Proxy {
     pub fn release(&self) {
         self.state.lock().unwrap().hold_marker = None;
         self.release.send_replace(true);
+    }
+
+    /// From now on, closes every connection (new or open) without answering.
+    pub fn down(&self) {
+        self.state.lock().unwrap().down = true;
+    }
+
+    /// Forwards again.
+    pub fn up(&self) {
+        self.state.lock().unwrap().down = false;
+    }
+
+    fn is_down(&self) -> bool {
+        self.state.lock().unwrap().down
     }
 
     /// Answers 413 to every request whose body is over `bytes`.
@@ -119,11 +136,18 @@ impl Proxy {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            if self.is_down() {
+                drop(stream);
+                continue;
+            }
             let (proxy, client, node) = (self.clone(), client.clone(), node.clone());
             tokio::spawn(async move {
                 let (read, mut write) = stream.into_split();
                 let mut read = BufReader::new(read);
                 while let Some((method, path, content_type, body)) = read_request(&mut read).await {
+                    if proxy.is_down() {
+                        return;
+                    }
                     let (status, answer) = proxy.answer(&client, &node, method, &path, content_type, body).await;
                     let head = format!(
                         "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",

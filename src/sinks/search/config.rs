@@ -94,7 +94,7 @@ impl SinkSettings for SearchConfig {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 problems.push(Problem::new(
                     key,
-                    format!("expected an http:// or https:// URL, got {url:?}"),
+                    format!("expected an http:// or https:// URL, got {:?}", crate::redact::url(url)),
                 ));
             }
         }

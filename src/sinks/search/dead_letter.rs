@@ -190,10 +190,7 @@ pub async fn replay(
         }
     }
     let service = Service::new(config)?;
-    let reply = service
-        .bulk(request_builder::build(&actions))
-        .await
-        .with_context(|| format!("cannot reach {}", service.url))?;
+    let reply = service.bulk(request_builder::build(&actions)).await?;
     let outcomes = retry::classify(reply.status, &reply.body, actions.len()).map_err(|f| anyhow::anyhow!(f.reason))?;
     let mut done = Vec::new();
     for (action, outcome) in actions.iter().zip(outcomes) {

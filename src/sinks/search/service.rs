@@ -19,7 +19,7 @@ use elasticsearch::Elasticsearch;
 use super::config::SearchConfig;
 
 /// A node's answer: status and body. Errors are only the ones before an answer (connect,
-/// timeout, TLS).
+/// timeout, TLS): a [`SendError`].
 #[derive(Debug)]
 pub struct Reply {
     pub status: u16,
@@ -41,13 +41,19 @@ impl Reply {
     }
 }
 
+/// No answer from the node: which node (by its redacted URL) and why, without the request's
+/// URL as the HTTP client wrote it (which may carry credentials: see `crate::redact`).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SendError(String);
+
 #[derive(Clone)]
 pub struct Service {
     client: Elasticsearch,
     /// How many node URLs the pool takes turns over.
     nodes: usize,
     timeout: Duration,
-    /// The first URL, to name the node in messages.
+    /// The first URL, to name the node in messages; redacted (`crate::redact::url`).
     pub url: String,
 }
 
@@ -56,9 +62,9 @@ impl Service {
         let urls = config
             .node_urls()
             .into_iter()
-            .map(|u| Url::parse(u).with_context(|| format!("{u:?} is not a URL")))
+            .map(|u| Url::parse(u).with_context(|| format!("{} is not a URL", crate::redact::url(u))))
             .collect::<anyhow::Result<Vec<Url>>>()?;
-        let first = urls.first().context("no node URL configured")?.to_string();
+        let first = crate::redact::url(urls.first().context("no node URL configured")?.as_str());
         let urls_count = urls.len();
         let mut builder = if urls.len() == 1 {
             TransportBuilder::new(SingleNodeConnectionPool::new(urls[0].clone()))
@@ -92,18 +98,31 @@ impl Service {
         })
     }
 
-    /// One request; `body` is JSON (or NDJSON for `_bulk`). With several nodes the pool hands
-    /// each request to the next one in turn, so a node that refuses connections (stopped) is
-    /// skipped at once by sending to the next, instead of costing every other request a retry's
-    /// wait. Only refused connections: nothing reached the node, so sending again is safe for
-    /// any request; a timeout is left to the caller's retry.
-    pub async fn send(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply, elasticsearch::Error> {
+    /// One request; `body` is JSON (or NDJSON for `_bulk`).
+    pub async fn send(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply, SendError> {
+        self.send_raw(method, path, body).await.map_err(|e| {
+            if e.is_timeout() {
+                SendError(format!("no response from {} within {:?}", self.url, self.timeout))
+            } else {
+                SendError(format!("cannot reach {}: {}", self.url, crate::redact::http_error(&e)))
+            }
+        })
+    }
+
+    /// With several nodes the pool hands each request to the next one in turn, so a node that
+    /// refuses connections (stopped) is skipped at once by sending to the next, instead of
+    /// costing every other request a retry's wait. Only refused connections: nothing reached the
+    /// node, so sending again is safe for any request; a timeout is left to the caller's retry.
+    async fn send_raw(&self, method: Method, path: &str, body: Option<Bytes>) -> Result<Reply, elasticsearch::Error> {
         let mut skips = 2 * self.nodes - 1; // concurrent requests move the pool too: go round twice
         loop {
             match self.send_once(method, path, body.clone()).await {
                 Err(e) if skips > 0 && refused(&e) => {
                     skips -= 1;
-                    tracing::debug!("a node refused the connection: {e}; sending to the next node");
+                    tracing::debug!(
+                        "a node refused the connection: {}; sending to the next node",
+                        crate::redact::http_error(&e)
+                    );
                 }
                 reply => return reply,
             }
@@ -124,11 +143,11 @@ impl Service {
         Ok(Reply { status, body })
     }
 
-    pub async fn bulk(&self, body: Bytes) -> Result<Reply, elasticsearch::Error> {
+    pub async fn bulk(&self, body: Bytes) -> Result<Reply, SendError> {
         self.send(Method::Post, "/_bulk", Some(body)).await
     }
 
-    pub async fn get(&self, path: &str) -> Result<Reply, elasticsearch::Error> {
+    pub async fn get(&self, path: &str) -> Result<Reply, SendError> {
         self.send(Method::Get, path, None).await
     }
 }
@@ -171,7 +190,7 @@ mod tests {
         ))
         .unwrap();
         let service = Service::new(&config).unwrap();
-        let e = service.get("/").await.unwrap_err();
+        let e = service.send_raw(Method::Get, "/", None).await.unwrap_err();
         assert!(refused(&e), "{e:?}");
     }
 }

@@ -324,7 +324,7 @@ async fn send(shared: &Shared, mut actions: Vec<Action>) -> Option<[Vec<Action>;
         metrics.request_seconds.observe(started.elapsed().as_secs_f64());
         metrics.in_flight.dec();
         let outcomes = match reply {
-            Err(e) => Err(("unreachable", format!("cannot reach {}: {e}", shared.service.url))),
+            Err(e) => Err(("unreachable", e.to_string())),
             Ok(reply) if reply.status == 413 => {
                 if actions.len() > 1 {
                     tracing::info!(sink = %shared.name, documents = actions.len(), bytes, "the node refused a request as too large (HTTP 413); sending it in halves");

@@ -152,7 +152,8 @@ fn url<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     match reqwest::Url::parse(&url) {
         Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(url),
         _ => Err(serde::de::Error::custom(format!(
-            "url {url:?} is not an http:// or https:// URL"
+            "url {:?} is not an http:// or https:// URL",
+            crate::redact::url(&url)
         ))),
     }
 }

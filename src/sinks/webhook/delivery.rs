@@ -227,7 +227,7 @@ impl Endpoint {
         let letter = dead_letters::NewDeadLetter {
             sink: &self.name,
             kind: "webhook",
-            target: self.service.url().as_str(),
+            target: self.service.url(),
             payload: std::str::from_utf8(&batch.body).expect("a batch body is JSON text"),
             error,
             attempts,
@@ -243,13 +243,19 @@ impl Endpoint {
         Ok(())
     }
 
+    /// The endpoint answered 410 Gone: nothing more is sent to it in this run. Said once in the
+    /// log and, for as long as it lasts, in `/ready` (503) and `cdc status`.
     pub fn disable(&self) {
         if !self.disabled.swap(true, Ordering::AcqRel) {
-            tracing::error!(
-                sink = %self.name,
-                "{} answered 410 Gone: the endpoint is DISABLED until cdc restarts; every batch for it becomes a dead letter (`cdc dead-letters`)",
-                self.service.url()
+            let reason = format!(
+                "{} answered 410 Gone: nothing is sent to it until cdc restarts and every batch for it becomes a dead letter; \
+                 fix the endpoint (or the sink's url), restart cdc, then `cdc dead-letters replay --all` sends the batches \
+                 again (`cdc dead-letters list --sink {}` shows them)",
+                self.service.url(),
+                self.name
             );
+            self.metrics.disable(&reason);
+            tracing::error!(sink = %self.name, "endpoint DISABLED: {reason}");
         }
     }
 

@@ -15,11 +15,11 @@ pub async fn check(name: &str, config: &WebhookConfig, send_test: bool) -> Findi
             Ok((_, response)) => match (response.status, response.error) {
                 (Some(status), None) => Finding::Ok(format!(
                     "sink {name}: {} took a signed test event (HTTP {status})",
-                    config.url
+                    crate::redact::url(&config.url)
                 )),
                 (_, error) => Finding::Problem(format!(
                     "sink {name}: {} did not take the test event: {}; `cdc webhook test {name}` shows the response",
-                    config.url,
+                    crate::redact::url(&config.url),
                     error.unwrap_or_default()
                 )),
             },
@@ -32,11 +32,11 @@ pub async fn check(name: &str, config: &WebhookConfig, send_test: bool) -> Findi
     match service.probe().await {
         Ok(status) => Finding::Ok(format!(
             "sink {name}: {} answers (HTTP {status} to OPTIONS; `cdc check --send-test` sends a signed test event)",
-            config.url
+            crate::redact::url(&config.url)
         )),
         Err(e) => Finding::Problem(format!(
             "sink {name}: cannot reach {}: {e} — is the receiver running, and is url right?",
-            config.url
+            crate::redact::url(&config.url)
         )),
     }
 }

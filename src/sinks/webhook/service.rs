@@ -18,6 +18,8 @@ const BODY_START: usize = 200;
 pub struct Service {
     client: reqwest::Client,
     url: reqwest::Url,
+    /// The URL as messages show it (`crate::redact::url`): no credentials, no query values.
+    shown: String,
     headers: HeaderMap,
     signer: Signer,
     timeout: Duration,
@@ -57,6 +59,7 @@ impl Service {
         Ok(Service {
             client,
             url: reqwest::Url::parse(&config.url).context("url")?,
+            shown: crate::redact::url(&config.url),
             headers,
             signer: Signer::new(&config.secret).map_err(anyhow::Error::msg)?,
             timeout: config.timeout,
@@ -109,7 +112,7 @@ impl Service {
                 status: None,
                 retry_after: None,
                 latency,
-                error: Some(self.describe(&e)),
+                error: Some(self.describe(e)),
                 body_start: String::new(),
             },
         }
@@ -125,27 +128,22 @@ impl Service {
             .await
         {
             Ok(response) => Ok(response.status().as_u16()),
-            Err(e) => Err(self.describe(&e)),
+            Err(e) => Err(self.describe(e)),
         }
     }
 
-    pub fn url(&self) -> &reqwest::Url {
-        &self.url
+    /// The endpoint, redacted: what every message names.
+    pub fn url(&self) -> &str {
+        &self.shown
     }
 
-    fn describe(&self, e: &reqwest::Error) -> String {
+    fn describe(&self, e: reqwest::Error) -> String {
         if e.is_timeout() {
             return format!("no response within {:?}", self.timeout);
         }
-        // reqwest's own message hides the cause (refused, reset, DNS): walk the chain.
-        let mut text = e.to_string();
-        let mut source = std::error::Error::source(e);
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
-        text
+        // reqwest's own message hides the cause (refused, reset, DNS): the whole chain, without
+        // the URL (its query string may hold a token).
+        crate::redact::http_error(&e.without_url())
     }
 }
 
