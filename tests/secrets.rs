@@ -105,9 +105,9 @@ async fn no_output_of_a_failing_run_contains_a_configured_secret() {
             Err(_) => String::new(),
         };
         let both: bool = serde_json::from_str::<serde_json::Value>(&body).is_ok_and(|b| {
-            b["sinks"]
-                .as_array()
-                .is_some_and(|s| s.len() == 5 && s.iter().filter(|s| s["name"] != "feed").all(|s| s["error"].is_string()))
+            b["sinks"].as_array().is_some_and(|s| {
+                s.len() == 5 && s.iter().filter(|s| s["name"] != "feed").all(|s| s["error"].is_string())
+            })
         });
         if both {
             break body;
