@@ -5,22 +5,35 @@
 #   scripts/bench/source.sh            # both shapes
 #   SHAPES=2 scripts/bench/source.sh   # only shape 2
 #   ADMIN=1 scripts/bench/source.sh    # cdc with [admin] on and /metrics + /ready scraped every second
+#   RUNS=5 scripts/bench/source.sh     # runs per shape (default 3); the median line is the one that counts
+#   CDC_BASE=/tmp/old/cdc scripts/bench/source.sh   # also read each run with another build (before/after)
 #
 # Shape 1: one 1,000,000-row insert transaction, 500,000 updates in 5 transactions, a
 #          100,000-row delete (1.6M changes).
-# Shape 2: 200,000 one-row transactions.
+# Shape 2: 200,000 one-row transactions (a DO block committing after each row).
 # Each shape is written once and read twice, from two copies of one slot: once by
 # pg_recvlogical (pgoutput, same publication, output to /dev/null), once by `cdc run` (stdout
-# sink to /dev/null, --stop-at the end position). Prints changes/s for both, the ratio, and
-# cdc's peak RSS.
+# sink to /dev/null, --stop-at the end position). Per run it prints:
+#   - changes/s: pg_recvlogical timed from spawn to exit (it exits as it writes the end position),
+#     cdc timed from spawn to its log line saying the sinks delivered everything (its last event);
+#   - CPU seconds (user + system) of each, and cdc's / pg_recvlogical's;
+#   - wake-ups per change: voluntary context switches of all the process's threads (each one is
+#     a thread that blocked and had to be woken again) divided by the changes;
+#   - cdc's stop latency: from that log line to its exit (confirming the final position to
+#     Postgres and checking that the slot shows it);
+#   - cdc's peak RSS.
+# Then the median of the runs' ratios. `uptime` is printed with the figures: the machine may be
+# shared, and wall-clock ratios move with its load (CPU seconds per change much less so).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
 
 command -v /usr/bin/time >/dev/null || { apt-get update -qq && apt-get install -y -qq time >/dev/null; }
-echo "== building cdc (release)"
-cargo build --release --quiet
-cdc="$root/target/release/cdc"
+cdc=${CDC_BIN:-"$root/target/release/cdc"}  # CDC_BIN: another build to compare
+if [[ -z "${CDC_BIN:-}" ]]; then
+  echo "== building cdc (release)"
+  cargo build --release --quiet
+fi
 
 work=$(mktemp -d /tmp/cdc-bench.XXXXXX)
 chmod 755 "$work"
@@ -37,7 +50,6 @@ cat > "$work/cdc.toml" <<TOML
 url = "$url"
 slot = "bench_cdc"
 publication = "bench"
-status_interval = "100ms"   # the run ends by confirming its final position: do not wait 1 s for it
 
 [sinks.out]
 type = "stdout"
@@ -70,38 +82,74 @@ run_shape() {
   end=$(psql_ -At -c "SELECT pg_current_wal_insert_lsn()")  # not the write position: commits may be asynchronous
   psql_ -c "SELECT pg_copy_logical_replication_slot('bench_recv', 'bench_cdc');" >/dev/null
 
-  local t0 t1 recv_s cdc_s
+  [[ -z "${CDC_BASE:-}" ]] || psql_ -c "SELECT pg_copy_logical_replication_slot('bench_recv', 'bench_base');" >/dev/null
+  local t0 t1 recv_s
   t0=$(date +%s.%N)
-  "$bin/pg_recvlogical" -d "$url" --slot bench_recv --start --endpos "$end" --no-loop \
+  /usr/bin/time -f "%U %S %w" -o "$work/recv.time" "$bin/pg_recvlogical" -d "$url" --slot bench_recv --start --endpos "$end" --no-loop \
       -o proto_version=1 -o publication_names=bench -f /dev/null
   t1=$(date +%s.%N)
   recv_s=$(echo "$t1 - $t0" | bc -l)
+  local recv_cpu recv_wake
+  read -r recv_cpu recv_wake < <(awk '{ print $1 + $2, $3 }' "$work/recv.time")
+  printf "shape %s: %d changes | pg_recvlogical %.0f changes/s, %.2f CPU s, %.2f wake-ups/change\n" \
+    "$shape" "$changes" "$(echo "$changes / $recv_s" | bc -l)" "$recv_cpu" "$(echo "$recv_wake / $changes" | bc -l)"
+  if [[ -n "${CDC_BASE:-}" ]]; then
+    read_cdc "$CDC_BASE" bench_base "  base cdc" /dev/null
+  fi
+  read_cdc "$cdc" bench_cdc "       cdc" "$work/ratios-$shape"
+  psql_ -c "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots" >/dev/null
+}
 
+# read_cdc BINARY SLOT LABEL RATIOS_FILE: one `cdc run --stop-at` of the shape, compared with
+# the pg_recvlogical read just before it.
+read_cdc() {
+  local binary=$1 slot=$2 label=$3 ratios=$4
+  sed "s/^slot = .*/slot = \"$slot\"/" "$work/cdc.toml" > "$work/cdc-$slot.toml"
   local scraper=""
   if [[ -n "${ADMIN:-}" ]]; then scrape & scraper=$!; fi
+  local t0 t1 delivered cdc_s
   t0=$(date +%s.%N)
-  /usr/bin/time -f "%M" -o "$work/rss" "$cdc" --config "$work/cdc.toml" run --stop-at "$end" > /dev/null 2> "$work/cdc.log"
+  /usr/bin/time -f "%M %U %S %w" -o "$work/cdc.time" "$binary" --config "$work/cdc-$slot.toml" run --stop-at "$end" > /dev/null 2> "$work/cdc.log"
   t1=$(date +%s.%N)
   if [[ -n "$scraper" ]]; then kill "$scraper"; wait "$scraper" 2>/dev/null || true; fi
-  cdc_s=$(echo "$t1 - $t0" | bc -l)
+  # The log line's timestamp (UTC, microseconds) is when the sinks had delivered the last event.
+  # (A build without that line is timed to its exit.)
+  delivered=$t1
+  if grep -q 'the sinks delivered everything' "$work/cdc.log"; then
+    delivered=$(date -d "$(grep -m1 'the sinks delivered everything' "$work/cdc.log" | awk '{print $1}')" +%s.%N)
+  fi
+  cdc_s=$(echo "$delivered - $t0" | bc -l)
+  local rss cdc_cpu cdc_wake ratio cpu_ratio
+  read -r rss cdc_cpu cdc_wake < <(awk '{ print $1, $2 + $3, $4 }' "$work/cdc.time")
+  ratio=$(echo "$recv_s / $cdc_s" | bc -l)
+  cpu_ratio=$(echo "$cdc_cpu / $recv_cpu" | bc -l)
+  printf "%s %.0f changes/s, %.2f CPU s, %.2f wake-ups/change, stop %.0f ms, peak RSS %.1f MB | ratio %.2f, CPU ratio %.2f\n" \
+    "$label" "$(echo "$changes / $cdc_s" | bc -l)" "$cdc_cpu" "$(echo "$cdc_wake / $changes" | bc -l)" \
+    "$(echo "($t1 - $delivered) * 1000" | bc -l)" "$(echo "$rss / 1024" | bc -l)" "$ratio" "$cpu_ratio"
+  echo "$ratio $cpu_ratio" >> "$ratios"
+}
 
-  psql_ -c "SELECT pg_drop_replication_slot('bench_recv'); SELECT pg_drop_replication_slot('bench_cdc');" >/dev/null
-  printf "shape %s: %d changes | pg_recvlogical %.2fs = %.0f changes/s | cdc %.2fs = %.0f changes/s | ratio %.2f | cdc peak RSS %.1f MB\n" \
-    "$shape" "$changes" "$recv_s" "$(echo "$changes / $recv_s" | bc -l)" "$cdc_s" "$(echo "$changes / $cdc_s" | bc -l)" \
-    "$(echo "$recv_s / $cdc_s" | bc -l)" "$(echo "$(cat "$work/rss") / 1024" | bc -l)"
+median() {  # median of column $1 of file $2
+  sort -g -k"$1","$1" "$2" | awk -v c="$1" '{ v[NR] = $c } END { print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2 }'
 }
 
 command -v bc >/dev/null || { apt-get update -qq && apt-get install -y -qq bc >/dev/null; }
 [[ -z "${ADMIN:-}" ]] || command -v curl >/dev/null || { apt-get update -qq && apt-get install -y -qq curl >/dev/null; }
 shapes=${SHAPES:-"1 2"}
+runs=${RUNS:-3}
 for shape in $shapes; do
-  case $shape in
-    1) run_shape 1 1600000 "
-         $bin/psql -X -q '$url' -c \"INSERT INTO items (id, title, price) SELECT g, 'item ' || g, g % 1000 + 0.99 FROM generate_series(1, 1000000) g\"
-         for k in 0 1 2 3 4; do $bin/psql -X -q '$url' -c \"UPDATE items SET price = price + 1 WHERE id > \$((k * 100000)) AND id <= \$(((k + 1) * 100000))\"; done
-         $bin/psql -X -q '$url' -c 'DELETE FROM items WHERE id <= 100000'" ;;
-    2) echo "INSERT INTO items (id, title, price) VALUES (nextval('bench_ids'), 'item', 1.99);" > "$work/one-row.sql"
-       psql_ -c "DROP SEQUENCE IF EXISTS bench_ids; CREATE SEQUENCE bench_ids;"
-       run_shape 2 200000 "$bin/pgbench -n -t 200000 -c 1 -f '$work/one-row.sql' '$url' >/dev/null" ;;
-  esac
+  for _ in $(seq "$runs"); do
+    case $shape in
+      1) run_shape 1 1600000 "
+           $bin/psql -X -q '$url' -c \"INSERT INTO items (id, title, price) SELECT g, 'item ' || g, g % 1000 + 0.99 FROM generate_series(1, 1000000) g\"
+           for k in 0 1 2 3 4; do $bin/psql -X -q '$url' -c \"UPDATE items SET price = price + 1 WHERE id > \$((k * 100000)) AND id <= \$(((k + 1) * 100000))\"; done
+           $bin/psql -X -q '$url' -c 'DELETE FROM items WHERE id <= 100000'" ;;
+      # One transaction per row, committed by a DO block: the same WAL as 200,000 client
+      # transactions, written without 200,000 round trips (the load is not what is measured).
+      2) psql_ -c "DROP SEQUENCE IF EXISTS bench_ids; CREATE SEQUENCE bench_ids;"
+         run_shape 2 200000 "$bin/psql -X -q '$url' -c \"DO \\\$\\\$ BEGIN FOR i IN 1..200000 LOOP INSERT INTO items (id, title, price) VALUES (nextval('bench_ids'), 'item', 1.99); COMMIT; END LOOP; END \\\$\\\$\"" ;;
+    esac
+  done
+  printf "shape %s, median of %d runs: cdc / pg_recvlogical %.2f changes/s, CPU ratio %.2f (load: %s)\n" \
+    "$shape" "$runs" "$(median 1 "$work/ratios-$shape")" "$(median 2 "$work/ratios-$shape")" "$(uptime | sed 's/.*load average: //')"
 done
