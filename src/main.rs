@@ -165,7 +165,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// Tokio's multi-threaded runtime. Measured on 2 cores (scripts/bench): a one-thread runtime
 /// read one-row transactions about 15% faster, but held webhook batches of 500 to 45k events/s
 /// against 59k here (likely because delivery and decoding then take turns); both kept up with
-/// the walsender on the source benchmarks.
+/// the walsender on the source benchmarks. So both: `cdc run` reads and routes on a thread of
+/// its own with a one-thread runtime (`commands::run`), and the sinks run here.
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -5,6 +5,13 @@
 //! `Arc<Event>`, serialized at most once — to each sink the mapping names. Every transaction's
 //! commit goes to every sink, so each can acknowledge it.
 //!
+//! Events and commits are not sent one by one: each sink has a pending run that the source
+//! fills while it reads what the replication client has at hand, and hands over with
+//! [`Router::flush`] before it waits for more (or when a run is full). Each send to a parked
+//! sink wakes a thread; one-row transactions sent one by one cost several wake-ups per change,
+//! a run costs one. A run holds at most [`RUN_MAX`] messages, so memory stays bounded in
+//! events as well as in messages.
+//!
 //! A filter defines the set of rows a mapping's sinks see. An update that moves a row into the
 //! set becomes a `create`; one that moves it out becomes a `delete` (with the old row); an
 //! update outside the set is dropped. An update that changes only columns outside the
@@ -20,17 +27,39 @@ use crate::config::TableMapping;
 use crate::event::{Event, Lsn, Op, Row, TableName};
 use crate::sinks::SinkMsg;
 
+/// Messages a sink's pending run holds before it must be handed over (within a transaction
+/// too: nothing holds a whole transaction).
+pub const RUN_MAX: usize = 1024;
+
+/// A mapped table: its mappings and its event counters.
+struct Table {
+    routes: Vec<Route>,
+    /// Events received, by operation (`admin::metrics`).
+    received: [prometheus_client::metrics::counter::Counter; 4],
+}
+
 struct Route {
     mapping: Arc<TableMapping>,
-    /// Each sink's channel and figures (`handed` tells `/ready` that changes wait for it).
-    sinks: Vec<(mpsc::Sender<SinkMsg>, Arc<SinkStats>)>,
+    /// Indexes into `Router::sinks`.
+    sinks: Vec<usize>,
+}
+
+struct Sink {
+    name: String,
+    tx: mpsc::Sender<SinkMsg>,
+    /// Its figures: `handed` tells `/ready` that changes wait for it.
+    stats: Arc<SinkStats>,
+    /// Routed, not yet handed to the sink's channel.
+    run: Vec<SinkMsg>,
 }
 
 pub struct Router {
-    routes: HashMap<TableName, Vec<Route>>,
-    /// Events received per mapped table, by operation (`admin::metrics`).
-    received: HashMap<TableName, [prometheus_client::metrics::counter::Counter; 4]>,
-    sinks: Vec<(String, mpsc::Sender<SinkMsg>)>,
+    /// Looked up twice per change (`wants`, `route`): a fast hash, as the keys are the
+    /// configuration's own table names.
+    tables: HashMap<TableName, Table, rustc_hash::FxBuildHasher>,
+    sinks: Vec<Sink>,
+    /// Commits routed since the last flush.
+    commits: usize,
 }
 
 /// A sink's channel closed: the sink task ended (it failed; its error is reported by its task).
@@ -40,40 +69,50 @@ pub struct SinkStopped(pub String);
 
 impl Router {
     pub fn new(mappings: &[TableMapping], sinks: Vec<(String, mpsc::Sender<SinkMsg>)>) -> Router {
-        let mut routes: HashMap<TableName, Vec<Route>> = HashMap::new();
+        let metrics = crate::admin::metrics::global();
+        let mut tables: HashMap<TableName, Table, rustc_hash::FxBuildHasher> = HashMap::default();
         for mapping in mappings {
-            let senders = mapping
+            let indexes = mapping
                 .sinks
                 .iter()
-                .filter_map(|name| {
-                    sinks
-                        .iter()
-                        .find(|(n, _)| n == name)
-                        .map(|(_, tx)| (tx.clone(), crate::admin::metrics::sink(name)))
-                })
+                .filter_map(|name| sinks.iter().position(|(n, _)| n == name))
                 .collect();
-            routes.entry(mapping.table.clone()).or_default().push(Route {
+            let table = tables.entry(mapping.table.clone()).or_insert_with(|| Table {
+                routes: Vec::new(),
+                received: metrics.table_counters(&mapping.table),
+            });
+            table.routes.push(Route {
                 mapping: Arc::new(mapping.clone()),
-                sinks: senders,
+                sinks: indexes,
             });
         }
-        let metrics = crate::admin::metrics::global();
-        let received = routes.keys().map(|t| (t.clone(), metrics.table_counters(t))).collect();
         Router {
-            routes,
-            received,
-            sinks,
+            tables,
+            sinks: sinks
+                .into_iter()
+                .map(|(name, tx)| Sink {
+                    stats: crate::admin::metrics::sink(&name),
+                    name,
+                    tx,
+                    run: Vec::new(),
+                })
+                .collect(),
+            commits: 0,
         }
     }
 
     /// Every `[[tables]]` mapping.
     pub fn mappings(&self) -> impl Iterator<Item = &TableMapping> {
-        self.routes.values().flatten().map(|route| &*route.mapping)
+        self.tables
+            .values()
+            .flat_map(|t| &t.routes)
+            .map(|route| &*route.mapping)
     }
 
-    /// Drops every sender: each sink sees its channel close, delivers what it holds and ends.
+    /// Drops every sender (and what was not flushed): each sink sees its channel close,
+    /// delivers what it holds and ends.
     pub fn close(&mut self) {
-        self.routes.clear();
+        self.tables.clear();
         self.sinks.clear();
     }
 
@@ -81,24 +120,23 @@ impl Router {
     pub fn stopped_sink(&self) -> Option<SinkStopped> {
         self.sinks
             .iter()
-            .find(|(_, tx)| tx.is_closed())
-            .map(|(name, _)| SinkStopped(name.clone()))
+            .find(|s| s.tx.is_closed())
+            .map(|s| SinkStopped(s.name.clone()))
     }
 
     /// Whether any mapping wants this table (unmapped tables are ignored).
     pub fn wants(&self, table: &TableName) -> bool {
-        self.routes.contains_key(table)
+        self.tables.contains_key(table)
     }
 
-    pub async fn send(&self, event: Event) -> Result<(), SinkStopped> {
-        let Some(routes) = self.routes.get(&*event.table) else {
-            return Ok(());
+    /// Adds the event, as each mapping makes it, to the pending runs of the mapping's sinks.
+    pub fn route(&mut self, event: Event) {
+        let Some(table) = self.tables.get(&*event.table) else {
+            return;
         };
-        if let Some(counters) = self.received.get(&*event.table) {
-            counters[crate::admin::metrics::op_index(event.op)].inc();
-        }
+        table.received[crate::admin::metrics::op_index(event.op)].inc();
         let event = Arc::new(event);
-        for r in routes {
+        for r in &table.routes {
             let routed = if passes_unchanged(&r.mapping, &event) {
                 event.clone()
             } else {
@@ -107,25 +145,54 @@ impl Router {
                     None => continue,
                 }
             };
-            for ((tx, stats), name) in r.sinks.iter().zip(&r.mapping.sinks) {
-                stats.handed(routed.commit_lsn.0);
-                tx.send(SinkMsg::Event {
+            for &i in &r.sinks {
+                let sink = &mut self.sinks[i];
+                sink.stats.handed(routed.commit_lsn.0);
+                sink.run.push(SinkMsg::Event {
                     event: routed.clone(),
                     mapping: r.mapping.clone(),
-                })
-                .await
-                .map_err(|_| SinkStopped(name.clone()))?;
+                });
             }
         }
-        Ok(())
     }
 
-    pub async fn commit(&self, commit_lsn: Lsn, end_lsn: Lsn) -> Result<(), SinkStopped> {
-        for (name, tx) in &self.sinks {
-            tx.send(SinkMsg::Commit { commit_lsn, end_lsn })
-                .await
-                .map_err(|_| SinkStopped(name.clone()))?;
+    /// Adds the transaction's commit to every sink's pending run.
+    pub fn commit(&mut self, commit_lsn: Lsn, end_lsn: Lsn) {
+        for sink in &mut self.sinks {
+            sink.run.push(SinkMsg::Commit { commit_lsn, end_lsn });
         }
+        self.commits += 1;
+    }
+
+    /// Whether a pending run is full: it must be flushed before more is routed.
+    pub fn run_full(&self) -> bool {
+        self.sinks.iter().any(|s| s.run.len() >= RUN_MAX)
+    }
+
+    /// Whether a whole transaction waits in the pending runs: worth a flush, since only a
+    /// commit lets a sink acknowledge anything.
+    pub fn has_commits(&self) -> bool {
+        self.commits > 0
+    }
+
+    /// Hands every pending run to its sink's channel, waiting while a channel is full (the
+    /// back-pressure that slows the source). One reservation per run: the first message wakes
+    /// the sink, the others find it awake.
+    pub async fn flush(&mut self) -> Result<(), SinkStopped> {
+        for sink in &mut self.sinks {
+            while !sink.run.is_empty() {
+                let n = sink.run.len().min(sink.tx.max_capacity());
+                let permits = sink
+                    .tx
+                    .reserve_many(n)
+                    .await
+                    .map_err(|_| SinkStopped(sink.name.clone()))?;
+                for (permit, msg) in permits.zip(sink.run.drain(..n)) {
+                    permit.send(msg);
+                }
+            }
+        }
+        self.commits = 0;
         Ok(())
     }
 }

@@ -4,6 +4,7 @@
 #
 #   scripts/bench/webhook.sh              # N=200000 events per throughput run
 #   N=500000 scripts/bench/webhook.sh
+#   MODE=fanout scripts/bench/webhook.sh  # only 3. below: CPU per event, 1 endpoint vs ENDPOINTS
 #
 # 1. Throughput: N rows inserted in one transaction while cdc is stopped, then `cdc run` drains
 #    the slot to the receiver, with batches of 25 and of 500. Events/s is measured at the
@@ -11,6 +12,12 @@
 #    (decoding, routing, serializing, HTTP), per 100k events.
 # 2. Latency: a steady 1,000 one-row transactions/s for 10 s (pgbench --rate) with
 #    batch_max_wait = "0"; p50/p99 of receipt time minus the event's commit time.
+# 3. Fan-out (MODE=fanout): one table mapped to 1 webhook sink, then to ENDPOINTS (default 100)
+#    webhook sinks, all on the local receiver under different paths, batches of 500. FANOUT_N
+#    (default 20000) rows are inserted in one transaction once cdc streams; cdc's CPU seconds
+#    from then until the receiver has every event (N per endpoint), per 100k events read from
+#    the slot, for both, and their ratio. An event is serialized once however many endpoints
+#    receive it; each endpoint's request body, signature and HTTP exchange are its own.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
@@ -19,7 +26,7 @@ PORT=${PORT:-9099}
 
 echo "== building cdc and the receiver (release)"
 cargo build --release --quiet --bin cdc --example webhook_bench_receiver
-cdc="$root/target/release/cdc"
+cdc=${CDC_BIN:-"$root/target/release/cdc"}  # CDC_BIN: another build to compare
 receiver="$root/target/release/examples/webhook_bench_receiver"
 
 work=$(mktemp -d /tmp/cdc-bench.XXXXXX)
@@ -113,6 +120,49 @@ latency() {
     "$(grep -oE 'tps = [0-9.]+' "$work/pgbench.log" | head -1)"
 }
 
+fanout_config() {  # fanout_config ENDPOINTS
+  {
+    printf '[source]\nurl = "%s"\nslot = "bench"\npublication = "bench"\n' "$url"
+    for i in $(seq "$1"); do
+      printf '\n[sinks.hook%s]\ntype = "webhook"\nurl = "http://127.0.0.1:%s/hook/%s"\nsecret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"\nbatch_max_events = 500\nbatch_max_wait = "1s"\n' "$i" "$PORT" "$i"
+    done
+    printf '\n[[tables]]\ntable = "public.items"\nsinks = [%s]\n' "$(seq -f '"hook%g"' -s, "$1")"
+  } > "$work/cdc.toml"
+  "$cdc" --config "$work/cdc.toml" setup >/dev/null
+}
+
+fanout_run() {  # fanout_run ENDPOINTS: sets $per_100k, cdc's CPU seconds per 100k events
+  psql_ -c "TRUNCATE items"
+  fanout_config "$1"
+  start_receiver
+  "$cdc" --config "$work/cdc.toml" run 2>"$work/cdc-fanout-$1.log" &
+  cdc_pid=$!
+  until grep -q "streaming from" "$work/cdc-fanout-$1.log"; do sleep 0.1; done
+  sleep 1  # the sinks' start (state tables, connections) is not what is measured
+  local cpu0; cpu0=$(cpu_seconds "$cdc_pid")
+  psql_ -c "INSERT INTO items (id, title, price) SELECT g, 'item ' || g, g % 1000 + 0.5 FROM generate_series(1, $FANOUT_N) g"
+  finish
+  local events; events=$(field events)
+  [[ "$events" == "$((FANOUT_N * $1))" ]] || echo "warning: the receiver counted $events events, expected $((FANOUT_N * $1))" >&2
+  per_100k=$(awk -v c="$cpu" -v c0="$cpu0" -v n="$FANOUT_N" 'BEGIN { print (c - c0) * 100000 / n }')
+  printf "%3s endpoint(s): %6.2f CPU s per 100k events (%s events delivered in %s requests)\n" "$1" "$per_100k" "$events" "$(field requests)"
+}
+
+fanout() {
+  local one many
+  fanout_run 1; one=$per_100k
+  fanout_run "$ENDPOINTS"; many=$per_100k
+  printf "fan-out: %s endpoints cost %.2f times the CPU per event of 1 (load: %s)\n" \
+    "$ENDPOINTS" "$(awk -v a="$many" -v b="$one" 'BEGIN { print a / b }')" "$(uptime | sed 's/.*load average: //')"
+}
+
+if [[ "${MODE:-}" == fanout ]]; then
+  FANOUT_N=${FANOUT_N:-20000}
+  ENDPOINTS=${ENDPOINTS:-100}
+  echo "== webhook fan-out, $FANOUT_N events, 1 and $ENDPOINTS endpoints on 127.0.0.1:$PORT"
+  fanout
+  exit 0
+fi
 echo "== webhook sink, $N events per throughput run, receiver on 127.0.0.1:$PORT"
 throughput 25
 throughput 500

@@ -4,6 +4,7 @@
 //! cannot say that: a sink failed (its own error is the last line), a sink did not deliver
 //! what it held in time, or the final position was not confirmed.
 
+use anyhow::Context;
 use tokio::sync::watch;
 
 use crate::checkpoint::Checkpoint;
@@ -46,15 +47,20 @@ pub async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<()> {
         env!("CARGO_PKG_VERSION"),
         config.path.display()
     );
-    let streamed = stream::run(
-        &config.source,
-        &mut router,
-        &mut running,
-        &mut checkpoint,
-        &mut stop_rx,
-        stop_at,
-    )
-    .await;
+    let source = config.source.clone();
+    let (streamed, mut router, mut running) = on_source_thread(move || async move {
+        let streamed = stream::run(
+            &source,
+            &mut router,
+            &mut running,
+            &mut checkpoint,
+            &mut stop_rx,
+            stop_at,
+        )
+        .await;
+        (streamed, router, running)
+    })
+    .await?;
     if let Ok(stream::Stop::Reached(lsn)) = &streamed {
         tracing::info!(%lsn, "reached the stop position");
     }
@@ -62,6 +68,31 @@ pub async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<()> {
     router.close();
     let drained = running.drain().await;
     outcome(streamed, drained)
+}
+
+/// Runs the source on a thread of its own with a one-thread runtime: the replication client's
+/// worker and the loop that decodes and routes its events take turns there, so a message from
+/// the server wakes one thread, not a chain of them (a one-row transaction is three messages).
+/// The sinks, the admin server and the signal handler stay on the multi-threaded runtime, where
+/// webhook delivery and search requests run beside decoding (see `runtime` in `main.rs`).
+async fn on_source_thread<F, Fut, T>(source: F) -> anyhow::Result<T>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = T>,
+    T: Send + 'static,
+{
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("cdc-source".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("starting the source's runtime");
+            let _ = tx.send(runtime.block_on(source()));
+        })
+        .context("starting the source thread")?;
+    rx.await.context("the source thread panicked")
 }
 
 /// The run's result. A failed sink's own error wins over what the stream saw because of it (the

@@ -187,7 +187,9 @@ impl Stream {
             ReplicationEvent::Commit { lsn, end_lsn, .. } => {
                 *txn = None;
                 let end = Lsn(end_lsn.as_u64());
-                self.router.commit(Lsn(lsn.as_u64()), end).await?;
+                // The catch-up is not hot: each transaction is handed over at its commit.
+                self.router.commit(Lsn(lsn.as_u64()), end);
+                self.router.flush().await?;
                 self.checkpoint.dispatched(end);
             }
             ReplicationEvent::XLogData { wal_start, data, .. } => {
@@ -205,6 +207,15 @@ impl Stream {
         Ok(None)
     }
 
+    /// Routes an event; a full run is handed over at once (a large transaction streams through).
+    async fn route(&mut self, event: crate::event::Event) -> anyhow::Result<()> {
+        self.router.route(event);
+        if self.router.run_full() {
+            self.router.flush().await?;
+        }
+        Ok(())
+    }
+
     async fn on_change(
         &mut self,
         msg: Message<'_>,
@@ -218,15 +229,15 @@ impl Stream {
             }
             Message::Insert { relation, new } => {
                 let (rel, pos) = lookup(relations, relation, txn, lsn)?;
-                self.router.send(changes::insert(rel, &new, pos)).await?;
+                self.route(changes::insert(rel, &new, pos)).await?;
             }
             Message::Update { relation, old, new } => {
                 let (rel, pos) = lookup(relations, relation, txn, lsn)?;
-                self.router.send(changes::update(rel, old.as_ref(), &new, pos)).await?;
+                self.route(changes::update(rel, old.as_ref(), &new, pos)).await?;
             }
             Message::Delete { relation, old } => {
                 let (rel, pos) = lookup(relations, relation, txn, lsn)?;
-                self.router.send(changes::delete(rel, &old, pos)).await?;
+                self.route(changes::delete(rel, &old, pos)).await?;
             }
             Message::Truncate { relations: oids, .. } => {
                 for oid in oids {

@@ -57,7 +57,7 @@ pub struct Running {
 }
 
 /// How long sinks get, together, to deliver what they hold once their channels closed.
-const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+pub const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Running {
     /// Resolves once a sink has failed: `cdc run` then stops at once instead of streaming on

@@ -1,4 +1,5 @@
-//! The stdout sink: one JSON event per line. Output is flushed at every commit, then acknowledged.
+//! The stdout sink: one JSON event per line. Output is flushed once per chunk of messages taken
+//! from the channel (a run from the source, or several), then the chunk's last commit is acknowledged.
 
 use std::io::Write;
 

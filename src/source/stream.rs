@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
+use futures_util::FutureExt;
 use pgwire_replication::{ReplicationClient, ReplicationEvent};
 use tokio::sync::watch;
 use tokio_postgres::Client;
@@ -169,134 +170,168 @@ async fn session(
     let mut txn: Option<Txn> = None;
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let fatal = |e: crate::router::SinkStopped| SessionError::Fatal(e.into());
+    // Events handled since the loop last looked at the shutdown signal and the tick.
+    let mut at_hand = 0;
 
-    loop {
-        let ev = tokio::select! {
-            biased;
-            _ = shutdown.changed() => {
-                finish(&mut client, &catalog, &source.slot, router, sinks, checkpoint, source.status_interval).await.map_err(SessionError::Fatal)?;
-                return Ok(Stop::Shutdown);
+    let stop = loop {
+        // What the replication client has at hand is routed into the sinks' pending runs
+        // without waiting; before waiting for more, whole transactions are handed to the sinks
+        // (see `Router::flush`). So a burst of one-row transactions costs one wake-up of each
+        // sink, not several per transaction.
+        let next = {
+            let mut recv = std::pin::pin!(client.recv());
+            match (at_hand < crate::router::RUN_MAX)
+                .then(|| recv.as_mut().now_or_never())
+                .flatten()
+            {
+                Some(ev) => Next::Event(ev),
+                None => {
+                    at_hand = 0;
+                    let flushed = async {
+                        if router.has_commits() {
+                            router.flush().await.map_err(fatal)?;
+                        }
+                        Ok::<_, SessionError>(())
+                    };
+                    // A sink that cannot take more (its endpoint is down) must not keep cdc from stopping.
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => Next::Shutdown,
+                        r = flushed => {
+                            r?;
+                            tokio::select! {
+                                biased;
+                                _ = shutdown.changed() => Next::Shutdown,
+                                _ = tick.tick() => Next::Tick,
+                                ev = recv => Next::Event(ev),
+                            }
+                        }
+                    }
+                }
             }
-            _ = tick.tick() => {
+        };
+        let ev = match next {
+            Next::Shutdown => break Stop::Shutdown,
+            Next::Tick => {
                 // A sink that ended (it failed) is noticed here too, not only at the next send,
                 // so that cdc ends with its error while the mapped tables are quiet.
                 if let Some(stopped) = router.stopped_sink() {
                     return Err(SessionError::Fatal(stopped.into()));
                 }
+                // An atomic store; the client sends it on its status interval.
                 client.update_applied_lsn(to_pg(checkpoint.confirmable()));
                 crate::admin::metrics::global().confirmed(checkpoint.confirmable().0);
                 continue;
             }
-            ev = client.recv() => ev,
+            Next::Event(Ok(Some(ev))) => ev,
+            Next::Event(Ok(None)) => return Err(anyhow::anyhow!("the server ended the replication stream").into()),
+            Next::Event(Err(e)) => return Err(classify(e.into())),
         };
-        let ev = match ev {
-            Ok(Some(ev)) => ev,
-            Ok(None) => return Err(anyhow::anyhow!("the server ended the replication stream").into()),
-            Err(e) => return Err(classify(e.into())),
-        };
-        let routed = async {
-            match ev {
-                ReplicationEvent::Begin {
-                    final_lsn,
+        at_hand += 1;
+        let reached_at = match ev {
+            ReplicationEvent::Begin {
+                final_lsn,
+                xid,
+                commit_time_micros,
+            } => {
+                let committed_at_us = changes::pg_time_to_unix_us(commit_time_micros);
+                crate::admin::metrics::global().began(final_lsn.as_u64(), committed_at_us);
+                txn = Some(Txn {
+                    commit_lsn: Lsn(final_lsn.as_u64()),
                     xid,
-                    commit_time_micros,
-                } => {
-                    let committed_at_us = changes::pg_time_to_unix_us(commit_time_micros);
-                    crate::admin::metrics::global().began(final_lsn.as_u64(), committed_at_us);
-                    txn = Some(Txn {
-                        commit_lsn: Lsn(final_lsn.as_u64()),
-                        xid,
-                        committed_at_us,
-                        seq: 0,
-                    });
-                }
-                ReplicationEvent::Commit { lsn, end_lsn, .. } => {
-                    txn = None;
-                    let end = Lsn(end_lsn.as_u64());
-                    router
-                        .commit(Lsn(lsn.as_u64()), end)
-                        .await
-                        .map_err(|e| SessionError::Fatal(e.into()))?;
-                    checkpoint.dispatched(end);
-                    crate::admin::metrics::global().received(end.0);
-                    return Ok(reached(stop_at, end));
-                }
-                ReplicationEvent::XLogData { wal_start, data, .. } => {
-                    let msg = pgoutput::decode(&data).map_err(|e| {
-                        SessionError::Fatal(anyhow::anyhow!("decoding pgoutput at {}: {e}", Lsn(wal_start.as_u64())))
-                    })?;
-                    on_change(msg, Lsn(wal_start.as_u64()), &mut txn, &mut relations, &catalog, router).await?;
-                }
-                ReplicationEvent::KeepAlive { wal_end, .. } => {
-                    if txn.is_none() {
-                        checkpoint.keepalive(Lsn(wal_end.as_u64()));
-                        return Ok(reached(stop_at, Lsn(wal_end.as_u64())));
-                    }
-                }
-                ReplicationEvent::Message { prefix, .. } => {
-                    tracing::debug!(prefix, "logical decoding message (not routed)");
-                }
-                ReplicationEvent::StoppedAt { .. } => {}
+                    committed_at_us,
+                    seq: 0,
+                });
+                None
             }
-            Ok::<Option<Lsn>, SessionError>(None)
+            ReplicationEvent::Commit { lsn, end_lsn, .. } => {
+                txn = None;
+                let end = Lsn(end_lsn.as_u64());
+                router.commit(Lsn(lsn.as_u64()), end);
+                checkpoint.dispatched(end);
+                crate::admin::metrics::global().received(end.0);
+                reached(stop_at, end)
+            }
+            ReplicationEvent::XLogData { wal_start, data, .. } => {
+                let lsn = Lsn(wal_start.as_u64());
+                let msg = pgoutput::decode(&data)
+                    .map_err(|e| SessionError::Fatal(anyhow::anyhow!("decoding pgoutput at {lsn}: {e}")))?;
+                if let Message::Relation(rel) = &msg {
+                    // The only change that waits (for the catalog).
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.changed() => break Stop::Shutdown,
+                        updated = relations.update(rel, &catalog) => { updated?; }
+                    }
+                } else {
+                    on_change(msg, lsn, &mut txn, &relations, router)?;
+                }
+                None
+            }
+            ReplicationEvent::KeepAlive { wal_end, .. } => {
+                if txn.is_none() {
+                    checkpoint.keepalive(Lsn(wal_end.as_u64()));
+                    reached(stop_at, Lsn(wal_end.as_u64()))
+                } else {
+                    None
+                }
+            }
+            ReplicationEvent::Message { prefix, .. } => {
+                tracing::debug!(prefix, "logical decoding message (not routed)");
+                None
+            }
+            ReplicationEvent::StoppedAt { .. } => None,
         };
-        // A sink that cannot take more (its endpoint is down) must not keep cdc from stopping.
-        let stop = tokio::select! {
-            biased;
-            r = routed => r?.map(Stop::Reached),
-            _ = shutdown.changed() => Some(Stop::Shutdown),
-        };
-        if let Some(stop) = stop {
-            finish(
-                &mut client,
-                &catalog,
-                &source.slot,
-                router,
-                sinks,
-                checkpoint,
-                source.status_interval,
-            )
-            .await
-            .map_err(SessionError::Fatal)?;
-            return Ok(stop);
+        if let Some(position) = reached_at {
+            break Stop::Reached(position);
         }
-        // An atomic store; the client sends it on its status interval.
-        client.update_applied_lsn(to_pg(checkpoint.confirmable()));
-    }
+        if router.run_full() {
+            tokio::select! {
+                biased;
+                _ = shutdown.changed() => break Stop::Shutdown,
+                r = router.flush() => r.map_err(fatal)?,
+            }
+        }
+    };
+    finish(client, &target, source, &catalog, router, sinks, checkpoint)
+        .await
+        .map_err(SessionError::Fatal)?;
+    Ok(stop)
 }
 
-async fn on_change(
+/// What the loop does next.
+enum Next {
+    Event(Result<Option<ReplicationEvent>, pgwire_replication::PgWireError>),
+    Tick,
+    Shutdown,
+}
+
+/// Routes one decoded change (a relation message is the caller's: it reads the catalog).
+fn on_change(
     msg: Message<'_>,
     lsn: Lsn,
     txn: &mut Option<Txn>,
-    relations: &mut RelationCache,
-    catalog: &Client,
+    relations: &RelationCache,
     router: &mut Router,
 ) -> Result<(), SessionError> {
-    let fatal = |e: crate::router::SinkStopped| SessionError::Fatal(e.into());
     match msg {
-        Message::Relation(rel) => {
-            relations.update(&rel, catalog).await?;
-        }
         Message::Insert { relation, new } => {
             let (rel, pos) = lookup(relations, relation, txn, lsn)?;
             if router.wants(&rel.table) {
-                router.send(changes::insert(rel, &new, pos)).await.map_err(fatal)?;
+                router.route(changes::insert(rel, &new, pos));
             }
         }
         Message::Update { relation, old, new } => {
             let (rel, pos) = lookup(relations, relation, txn, lsn)?;
             if router.wants(&rel.table) {
-                router
-                    .send(changes::update(rel, old.as_ref(), &new, pos))
-                    .await
-                    .map_err(fatal)?;
+                router.route(changes::update(rel, old.as_ref(), &new, pos));
             }
         }
         Message::Delete { relation, old } => {
             let (rel, pos) = lookup(relations, relation, txn, lsn)?;
             if router.wants(&rel.table) {
-                router.send(changes::delete(rel, &old, pos)).await.map_err(fatal)?;
+                router.route(changes::delete(rel, &old, pos));
             }
         }
         Message::Truncate {
@@ -311,13 +346,15 @@ async fn on_change(
             for oid in oids {
                 let (rel, pos) = lookup(relations, oid, txn, lsn)?;
                 if router.wants(&rel.table) {
-                    router.send(changes::truncate(rel, flags, pos)).await.map_err(fatal)?;
+                    router.route(changes::truncate(rel, flags, pos));
                 }
             }
         }
-        // Begin and Commit come as their own replication events; types are resolved from the
-        // catalog when a relation needs them; origins and messages are not routed.
-        Message::Begin { .. }
+        // Relations are the caller's; Begin and Commit come as their own replication events;
+        // types are resolved from the catalog when a relation needs them; origins and messages
+        // are not routed.
+        Message::Relation(_)
+        | Message::Begin { .. }
         | Message::Commit { .. }
         | Message::Origin { .. }
         | Message::Type { .. }
@@ -344,35 +381,41 @@ fn lookup<'a>(
 }
 
 /// Shutdown: the sinks deliver what they hold, then the final position is confirmed before the
-/// session closes. The replication client sends positions on its status interval, so wait
-/// (bounded) until it has sent this one; then, once the stream is closed, read the slot until
-/// Postgres shows the position (the walsender may read the report only after cdc's side has
-/// closed). Fails unless every sink delivered everything it received and Postgres holds the
-/// position: `cdc run`'s exit status says whether it stopped clean.
+/// session closes. Fails unless every sink delivered everything it received and Postgres holds
+/// the position: `cdc run`'s exit status says whether it stopped clean.
+///
+/// The streaming session sends a raised position only once its status interval (1 s by default)
+/// has passed since its last report, and the replication client has no way to send one at once.
+/// A session's first status update, though, is sent as soon as it streams, with the position it
+/// was started with (`ack_lsn`): so, when the streaming session has not sent the final position,
+/// it is stopped and a short session of its own reports it. Then the slot is read until
+/// Postgres shows the position.
 async fn finish(
-    client: &mut ReplicationClient,
+    mut client: ReplicationClient,
+    target: &Target,
+    source: &SourceConfig,
     catalog: &Client,
-    slot: &str,
     router: &mut Router,
     sinks: &mut Running,
     checkpoint: &Checkpoint,
-    status_interval: Duration,
 ) -> anyhow::Result<()> {
+    // What was routed and not handed over yet; a sink that takes nothing more within the drain
+    // timeout leaves it undelivered (and the exit status says so).
+    let _ = tokio::time::timeout(crate::sinks::DRAIN_TIMEOUT, router.flush()).await;
     router.close();
     let drained = sinks.drain().await;
     let last = checkpoint.confirmable();
-    client.update_applied_lsn(to_pg(last));
-    let deadline = tokio::time::Instant::now() + status_interval + Duration::from_secs(2);
-    while client.metrics().last_applied_lsn().as_u64() < last.0 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    if drained.is_ok() && checkpoint.undelivered().is_none() {
+        tracing::info!(position = %last, "the sinks delivered everything up to {last}; confirming it");
     }
-    let sent = client.metrics().last_applied_lsn().as_u64() >= last.0;
+    client.update_applied_lsn(to_pg(last));
     client.stop();
     let _ = tokio::time::timeout(Duration::from_secs(3), async {
         while let Ok(Some(_)) = client.recv().await {}
     })
     .await;
-    let confirmed = sent && slot_reaches(catalog, slot, last, Duration::from_secs(5)).await;
+    let sent = client.metrics().last_applied_lsn().as_u64() >= last.0 || report(target, source, last).await;
+    let confirmed = sent && slot_reaches(catalog, &source.slot, last, Duration::from_secs(5)).await;
     if confirmed {
         tracing::info!(confirmed = %last, "confirmed the final position");
     }
@@ -384,6 +427,41 @@ async fn finish(
         anyhow::bail!("could not confirm the final position {last} to Postgres; what was delivered since the last confirmed position is sent again at the next start");
     }
     Ok(())
+}
+
+/// Reports `position` as the slot's flush position on a session of its own (see `finish`):
+/// whether its status update was sent. The streaming session's server process may hold the
+/// slot for a moment after that session stopped (55006, "active for PID"): then it tries again.
+async fn report(target: &Target, source: &SourceConfig, position: Lsn) -> bool {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let cfg = target
+        .replication_config(&source.slot, &source.publication, "cdc", source.status_interval)
+        .with_start_lsn(to_pg(position))
+        .with_ack_lsn(to_pg(position));
+    loop {
+        let started = async {
+            let mut client = ReplicationClient::connect(cfg.clone()).await?;
+            client.wait_started().await?;
+            Ok::<_, pgwire_replication::PgWireError>(client)
+        }
+        .await;
+        match started {
+            Ok(mut client) => {
+                // Its first status update precedes the end of the stream that `stop` asks for.
+                client.stop();
+                while let Ok(Some(_)) = client.recv().await {}
+                return client.metrics().last_applied_lsn().as_u64() >= position.0;
+            }
+            Err(e) => {
+                let e = anyhow::Error::new(e);
+                if errors::sqlstate(&e).as_deref() != Some("55006") || tokio::time::Instant::now() >= deadline {
+                    tracing::warn!("reporting the final position {position}: {e:#}");
+                    return false;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// Whether the slot's confirmed position reaches `lsn` within `wait`, as Postgres shows it.
@@ -405,7 +483,7 @@ async fn slot_reaches(catalog: &Client, slot: &str, lsn: Lsn, wait: Duration) ->
                 return false;
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
