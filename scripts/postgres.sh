@@ -139,7 +139,8 @@ port = $port
 unix_socket_directories = '$DIR'
 max_connections = 300
 wal_level = ${CDC_PG_WAL_LEVEL:-logical}
-max_replication_slots = 64
+# Every test makes its own slots and the whole suite runs on one cluster: room for all of them.
+max_replication_slots = 256
 max_wal_senders = 64
 wal_sender_timeout = 60s
 fsync = off

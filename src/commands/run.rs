@@ -16,13 +16,17 @@ use crate::source::{standby, stream};
 
 /// Runs until SIGINT/SIGTERM, or until every transaction up to `stop_at` is delivered.
 pub async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<()> {
+    // SIGINT/SIGTERM handlers first (registered here, synchronously): a stop that comes while cdc
+    // is still starting is a clean stop too, never the signal's default (death by SIGTERM).
+    let signals = Signals::new()?;
     // Lives as long as the run: the admin server and the slot probe stop when it is dropped.
     let _admin = crate::admin::start(config.admin.as_ref(), &config.source).await?;
+    let mut signals = Box::pin(signals.wait());
     // A standby starts its sinks only once the slot is free (see `standby`).
     tokio::select! {
         _ = standby::wait_for_slot(&config.source) => {}
-        _ = wait_for_signal() => {
-            tracing::info!("shutdown requested while standing by");
+        _ = &mut signals => {
+            tracing::info!("shutdown requested while starting or standing by");
             return Ok(());
         }
     }
@@ -34,7 +38,7 @@ pub async fn run(config: Config, stop_at: Option<Lsn>) -> anyhow::Result<()> {
     let sink_failed = running.failed();
     tokio::spawn(async move {
         tokio::select! {
-            _ = wait_for_signal() => tracing::info!("shutdown requested: delivering what the sinks hold, then confirming the final position"),
+            _ = signals => tracing::info!("shutdown requested: delivering what the sinks hold, then confirming the final position"),
             _ = sink_failed => tracing::error!("a sink failed: stopping; the other sinks deliver what they hold"),
         }
         let _ = stop_tx.send(true);
@@ -108,12 +112,26 @@ fn outcome(streamed: anyhow::Result<stream::Stop>, drained: anyhow::Result<()>) 
     }
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, listened for from the moment this is made.
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> anyhow::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            interrupt: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+            terminate: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        })
+    }
+
+    async fn wait(mut self) {
+        tokio::select! {
+            _ = self.interrupt.recv() => {}
+            _ = self.terminate.recv() => {}
+        }
     }
 }
 
