@@ -63,6 +63,12 @@ pub struct Attempt {
 
 /// Records attempts in one statement, then forgets all but the last [`KEEP`] of the sink.
 pub async fn record(client: &Client, sink: &str, attempts: &[Attempt]) -> Result<(), tokio_postgres::Error> {
+    insert(client, sink, attempts).await?;
+    trim(client, sink).await
+}
+
+/// Records attempts in one statement.
+pub async fn insert(client: &Client, sink: &str, attempts: &[Attempt]) -> Result<(), tokio_postgres::Error> {
     if attempts.is_empty() {
         return Ok(());
     }
@@ -79,6 +85,11 @@ pub async fn record(client: &Client, sink: &str, attempts: &[Attempt]) -> Result
             &[&sink, &at, &batch, &via, &status, &latency, &error],
         )
         .await?;
+    Ok(())
+}
+
+/// Forgets all but the sink's last [`KEEP`] attempts.
+pub async fn trim(client: &Client, sink: &str) -> Result<(), tokio_postgres::Error> {
     client
         .execute(
             "DELETE FROM cdc.webhook_attempts WHERE sink = $1 AND id <= (

@@ -62,7 +62,13 @@ pub fn batch_id_of(sink: &str, events: &[Arc<Event>]) -> String {
 
 /// The request body: the envelope with the given event objects, in order.
 pub fn body(kind: &str, id: &str, sink: &str, created_at: &str, events: &[Bytes]) -> Bytes {
-    let size = 128 + sink.len() + events.iter().map(|e| e.len() + 1).sum::<usize>();
+    // The head is under 256 bytes besides the names: one allocation, never a copy to grow it.
+    let size = 256
+        + kind.len()
+        + id.len()
+        + 2 * sink.len()
+        + created_at.len()
+        + events.iter().map(|e| e.len() + 1).sum::<usize>();
     let mut buf = BytesMut::with_capacity(size).writer();
     let head =
         serde_json::json!({"type": kind, "version": FORMAT_VERSION, "id": id, "sink": sink, "created_at": created_at});
