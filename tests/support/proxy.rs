@@ -187,7 +187,7 @@ impl Proxy {
             let mut released = self.release.subscribe();
             let _ = released.wait_for(|r| *r).await;
         }
-        if path.ends_with("_bulk") {
+        if path.split('?').next().is_some_and(|p| p.ends_with("_bulk")) {
             let recorded = String::from_utf8_lossy(&body[..body.len().min(RECORDED_BYTES)]).into_owned();
             self.state.lock().unwrap().bulk_bodies.push(recorded);
         }

@@ -152,6 +152,17 @@ mod tests {
         assert_eq!(classify(200, body, 2), Ok(vec![Outcome::Done, Outcome::Done]));
     }
 
+    /// What the sink asks for (`filter_path=errors,items.*.status,items.*.error`): the items
+    /// keep their places, each with its status and any error.
+    #[test]
+    fn a_filtered_response_is_judged_like_a_full_one() {
+        let body = br#"{"errors":true,"items":[{"index":{"status":201}},{"index":{"status":409,"error":{"type":"version_conflict_engine_exception","reason":"[1]: version conflict"}}},{"delete":{"status":404}}]}"#;
+        assert_eq!(
+            classify(200, body, 3),
+            Ok(vec![Outcome::Done, Outcome::Stale, Outcome::Done])
+        );
+    }
+
     /// The items below are what OpenSearch 2.19 answered in a real run.
     #[test]
     fn each_item_is_judged_on_its_own() {
