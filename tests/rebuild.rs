@@ -368,9 +368,6 @@ async fn a_rebuilt_index_equals_the_streamed_one_under_a_filter_and_a_projection
     let tables = things_mapping(&streamed, "streaming") + &things_mapping(&rebuilt, "rebuilding");
     let s = setup("rebuild_same", TYPES_DDL, "", &["streaming", "rebuilding"], &tables).await;
     let mut cdc = s.run();
-    // Commits flushed when they return (the test cluster's default is off), so the WAL write
-    // position read below includes them and the wait for it means they were confirmed.
-    s.db.exec("SET synchronous_commit = on").await;
     s.db.exec(THINGS_ROWS).await;
     s.db.exec("UPDATE things SET kind = 'c' WHERE id % 10 = 1; UPDATE things SET kind = 'a', name = 'moved in' WHERE id % 10 = 2 AND kind = 'c'; DELETE FROM things WHERE id % 25 = 0")
         .await;
@@ -434,7 +431,6 @@ async fn a_rebuild_while_cdc_run_is_stopped_is_completed_by_cdc_run_afterwards()
     )
     .await;
     let mut cdc = s.run();
-    s.db.exec("SET synchronous_commit = on").await; // as above: the write position includes the update
     s.db.exec("UPDATE events SET n = n + 1 WHERE id < 100").await;
     let lsn = s.db.current_wal_lsn().await;
     s.db.wait_confirmed_flush(&s.db.name, lsn, Duration::from_secs(60))
