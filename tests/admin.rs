@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::metrics::{scrape, value, Sample};
 
 /// GET `url`: (status, body). A refused connection is status 0 (the server is not up yet).
 async fn get(url: &str) -> (u16, String) {
@@ -21,29 +22,6 @@ async fn get(url: &str) -> (u16, String) {
 async fn ready(base: &str) -> (u16, Value) {
     let (status, body) = get(&format!("{base}/ready")).await;
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-/// The samples of one scrape of `/metrics`.
-async fn scrape(base: &str) -> Vec<prometheus_parse::Sample> {
-    let (status, body) = get(&format!("{base}/metrics")).await;
-    assert_eq!(status, 200, "/metrics answered {status}: {body}");
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    prometheus_parse::Scrape::parse(lines)
-        .unwrap_or_else(|e| panic!("/metrics is not Prometheus text ({e}):\n{body}"))
-        .samples
-}
-
-/// The value of the sample `name` whose labels include all of `labels`.
-fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .and_then(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
 }
 
 /// Polls `/ready` until `pred` holds on (status, body); panics with the last answer after `timeout`.
@@ -478,7 +456,7 @@ async fn a_blocked_webhook_stalls_ready_and_both_recover_when_the_endpoint_is_ba
         body["problems"].to_string().contains("sink hook: stalled"),
         "the reason names the sink: {body}"
     );
-    let lag = |samples: &[prometheus_parse::Sample]| value(samples, "cdc_source_lag_seconds", &[]).unwrap();
+    let lag = |samples: &[Sample]| value(samples, "cdc_source_lag_seconds", &[]).unwrap();
     // The lag grows while the endpoint fails (it is the held insert's age, refreshed every 200 ms).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -570,7 +548,7 @@ async fn lag_rises_while_the_search_node_is_unreachable_and_falls_when_it_is_bac
         async move { value(&scrape(&base).await, name, &[]).unwrap_or_else(|| panic!("no {name}")) }
     };
 
-    let stalls = |samples: &[prometheus_parse::Sample]| value(samples, "cdc_sink_stalls_total", &[("sink", "search")]);
+    let stalls = |samples: &[Sample]| value(samples, "cdc_sink_stalls_total", &[("sink", "search")]);
     // (Creating the index may have taken longer than stall_after on a busy node: count from here.)
     let stalls_before = stalls(&scrape(&base).await).unwrap();
 

@@ -27,6 +27,7 @@
 //! restart tests in a test file of their own, and hold [`serial`] in each of them.
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod proxy;
 pub mod receiver;
 pub mod search;
