@@ -6,6 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::metrics::{scrape, value, Sample};
 
 /// GET `url`: (status, body). A refused connection is status 0 (the server is not up yet).
 async fn get(url: &str) -> (u16, String) {
@@ -23,29 +24,6 @@ async fn ready(base: &str) -> (u16, Value) {
     (status, serde_json::from_str(&body).unwrap_or(Value::Null))
 }
 
-/// The samples of one scrape of `/metrics`.
-async fn scrape(base: &str) -> Vec<prometheus_parse::Sample> {
-    let (status, body) = get(&format!("{base}/metrics")).await;
-    assert_eq!(status, 200, "/metrics answered {status}: {body}");
-    let lines = body.lines().map(|l| Ok(l.to_string()));
-    prometheus_parse::Scrape::parse(lines)
-        .unwrap_or_else(|e| panic!("/metrics is not Prometheus text ({e}):\n{body}"))
-        .samples
-}
-
-/// The value of the sample `name` whose labels include all of `labels`.
-fn value(samples: &[prometheus_parse::Sample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    samples
-        .iter()
-        .find(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .and_then(|s| match s.value {
-            prometheus_parse::Value::Counter(v)
-            | prometheus_parse::Value::Gauge(v)
-            | prometheus_parse::Value::Untyped(v) => Some(v),
-            _ => None,
-        })
-}
-
 /// Polls `/ready` until `pred` holds on (status, body); panics with the last answer after `timeout`.
 async fn wait_ready(base: &str, timeout: Duration, what: &str, pred: impl Fn(u16, &Value) -> bool) -> (u16, Value) {
     let deadline = Instant::now() + timeout;
@@ -59,6 +37,55 @@ async fn wait_ready(base: &str, timeout: Duration, what: &str, pred: impl Fn(u16
             "/ready never showed {what} within {timeout:?}; last: {status} {body}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `cdc run` with its admin server, on a database of its own holding `items (id, title)`.
+struct Running {
+    db: support::TestDb,
+    cdc: support::CdcProcess,
+    /// The config file's path.
+    config: String,
+    /// The admin server: `http://127.0.0.1:PORT`.
+    base: String,
+    _dir: support::TempDir,
+}
+
+impl Running {
+    /// Writes the config: `[source]` on a new database (slot and publication named after it),
+    /// followed by what `config` returns for that name (more `[source]` keys, the sinks and the
+    /// tables), then `[admin]` on a free port with the keys in `admin`. Runs `cdc setup`, starts
+    /// `cdc run` and waits until `/ready` reports the source streaming.
+    async fn start(prefix: &str, admin: &str, config: impl FnOnce(&str) -> String) -> Running {
+        let db = support::new_database(prefix).await;
+        db.exec("CREATE TABLE items (id int PRIMARY KEY, title text)").await;
+        let port = support::free_port();
+        let dir = support::temp_dir();
+        let toml = format!(
+            "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n{rest}\n\n[admin]\nlisten = \"127.0.0.1:{port}\"\n{admin}\n",
+            url = db.url,
+            name = db.name,
+            rest = config(&db.name),
+        );
+        let config = support::write_config(dir.path(), &toml).to_str().unwrap().to_string();
+        let setup = support::cdc(&["--config", &config, "setup"]);
+        assert!(setup.status.success(), "cdc setup: {}", support::stderr_of(&setup));
+        let cdc = support::CdcProcess::start(&["--config", &config, "run"], &[]);
+        let base = format!("http://127.0.0.1:{port}");
+        let (_, body) = wait_ready(&base, Duration::from_secs(60), "the source streaming", |_, b| {
+            b["source"]["status"] == "streaming"
+        })
+        .await;
+        // Nothing is written yet: no sink has anything to deliver, whether it can or not.
+        let sinks = body["sinks"].as_array().unwrap();
+        assert!(sinks.iter().all(|s| s["status"] == "ok"), "{body}");
+        Running {
+            db,
+            cdc,
+            config,
+            base,
+            _dir: dir,
+        }
     }
 }
 
@@ -179,38 +206,22 @@ async fn metrics_health_and_ready_follow_a_run() {
 
 #[tokio::test]
 async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
-    let db = support::new_database("admin_stall").await;
-    db.exec("CREATE TABLE items (id int PRIMARY KEY, title text)").await;
-    let port = support::free_port();
     let dead = support::free_port();
-    let dir = support::temp_dir();
-    let toml = format!(
-        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\nwarn_retained_wal = \"1B\"\nmax_retained_wal = \"1B\"\n\n\
-         [sinks.search]\ntype = \"elasticsearch\"\nurl = \"http://127.0.0.1:{dead}\"\nflush_interval = \"100ms\"\n\n\
-         [admin]\nlisten = \"127.0.0.1:{port}\"\nstall_after = \"5s\"\n\n\
-         [[tables]]\ntable = \"items\"\nsinks = [\"search\"]\n",
-        url = db.url,
-        name = db.name,
-    );
-    let config = support::write_config(dir.path(), &toml);
-    let config = config.to_str().unwrap();
-    let setup = support::cdc(&["--config", config, "setup"]);
-    assert!(setup.status.success(), "{}", support::stderr_of(&setup));
-    let mut cdc = support::CdcProcess::start(&["--config", config, "run"], &[]);
-    let base = format!("http://127.0.0.1:{port}");
-
-    // Nothing to deliver yet: the sink is ok although the node is down. (Not necessarily ready:
-    // other tests' writes may already count as WAL the slot holds, over max_retained_wal = 1B.)
-    let (_, body) = wait_ready(&base, Duration::from_secs(60), "streaming", |_, b| {
-        b["source"]["status"] == "streaming"
+    // Nothing to deliver at the start: the sink is ok although the node is down. (Not
+    // necessarily ready: other tests' writes may already count as WAL the slot holds, over
+    // max_retained_wal = 1B.)
+    let mut r = Running::start("admin_stall", "stall_after = \"5s\"", |_| {
+        format!(
+            "warn_retained_wal = \"1B\"\nmax_retained_wal = \"1B\"\n\n\
+             [sinks.search]\ntype = \"elasticsearch\"\nurl = \"http://127.0.0.1:{dead}\"\nflush_interval = \"100ms\"\n\n\
+             [[tables]]\ntable = \"items\"\nsinks = [\"search\"]\n"
+        )
     })
     .await;
-    assert_eq!(body["sinks"][0]["status"], "ok", "{body}");
-
-    db.exec("INSERT INTO items VALUES (1, 'a')").await;
+    r.db.exec("INSERT INTO items VALUES (1, 'a')").await;
     // The sink fails and retries: "retrying", still ready until stall_after (5 s) passes
     // without an acknowledgement.
-    let (_, body) = wait_ready(&base, Duration::from_secs(30), "the sink retrying", |_, b| {
+    let (_, body) = wait_ready(&r.base, Duration::from_secs(30), "the sink retrying", |_, b| {
         b["sinks"][0]["status"] != "ok"
     })
     .await;
@@ -218,7 +229,7 @@ async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
     let error = body["sinks"][0]["error"].as_str().unwrap_or_default().to_string();
     assert!(error.contains(&format!("127.0.0.1:{dead}")), "{body}");
 
-    let (status, body) = wait_ready(&base, Duration::from_secs(60), "the sink stalled", |_, b| {
+    let (status, body) = wait_ready(&r.base, Duration::from_secs(60), "the sink stalled", |_, b| {
         b["sinks"][0]["status"] == "stalled"
     })
     .await;
@@ -235,22 +246,22 @@ async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
 
     // The slot holds the insert's WAL at least: over max_retained_wal (/ready) and
     // warn_retained_wal (the log), once the slot probe (every 5 s) has read it.
-    let (_, body) = wait_ready(&base, Duration::from_secs(60), "the retained WAL", |_, b| {
+    let (_, body) = wait_ready(&r.base, Duration::from_secs(60), "the retained WAL", |_, b| {
         b["problems"].to_string().contains("more than max_retained_wal")
     })
     .await;
     assert!(body["source"]["retained_wal_bytes"].as_i64().unwrap() > 1, "{body}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while !cdc.stderr_text().contains("more than warn_retained_wal (1 bytes)") {
+    while !r.cdc.stderr_text().contains("more than warn_retained_wal (1 bytes)") {
         assert!(
             Instant::now() < deadline,
             "no retained-WAL warning:\n{}",
-            cdc.stderr_text()
+            r.cdc.stderr_text()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let out = support::cdc(&["--config", config, "status"]);
+    let out = support::cdc(&["--config", &r.config, "status"]);
     let text = support::stdout_of(&out);
     assert_eq!(out.status.code(), Some(1), "not ready: {text}");
     assert!(
@@ -258,7 +269,7 @@ async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
         "{text}"
     );
 
-    let samples = scrape(&base).await;
+    let samples = scrape(&r.base).await;
     assert!(
         value(&samples, "cdc_sink_retries_total", &[("sink", "search")]).is_some_and(|v| v >= 1.0),
         "{samples:#?}"
@@ -270,7 +281,7 @@ async fn a_sink_that_cannot_deliver_is_retrying_then_stalled() {
     let acked = value(&samples, "cdc_sink_acknowledged_lsn", &[("sink", "search")]).unwrap();
     let received = value(&samples, "cdc_source_received_lsn", &[]).unwrap();
     assert!(acked < received, "acknowledged {acked} is behind received {received}");
-    cdc.kill9();
+    r.cdc.kill9();
 }
 
 #[tokio::test]
@@ -283,56 +294,46 @@ async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
     // Failing, with a retry far away: its batches wait in the outbox.
     let down = support::receiver::Receiver::start();
     down.answer(support::receiver::Answer::Status(500, None));
-    let db = support::new_database("admin_sinks").await;
-    db.exec("CREATE TABLE items (id int PRIMARY KEY, title text)").await;
-    let port = support::free_port();
-    let dir = support::temp_dir();
-    let toml = format!(
-        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n\
-         [sinks.search]\ntype = \"elasticsearch\"\nurl = \"{node}\"\nflush_interval = \"100ms\"\n\n\
-         [sinks.hook]\ntype = \"webhook\"\nurl = \"{ok}\"\nbatch_max_wait = \"0\"\n\n\
-         [sinks.gone]\ntype = \"webhook\"\nurl = \"{gone}\"\nbatch_max_wait = \"0\"\n\n\
-         [sinks.down]\ntype = \"webhook\"\nurl = \"{down}\"\nbatch_max_wait = \"0\"\nretry = [\"1h\"]\n\n\
-         [admin]\nlisten = \"127.0.0.1:{port}\"\n\n\
-         [[tables]]\ntable = \"items\"\nsinks = [\"search\", \"hook\", \"gone\", \"down\"]\nindex = \"{name}\"\n",
-        url = db.url,
-        name = db.name,
-        ok = ok.url(),
-        gone = gone.url(),
-        down = down.url(),
-    );
-    let config = support::write_config(dir.path(), &toml);
-    let config = config.to_str().unwrap();
-    let setup = support::cdc(&["--config", config, "setup"]);
-    assert!(setup.status.success(), "{}", support::stderr_of(&setup));
-    let mut cdc = support::CdcProcess::start(&["--config", config, "run"], &[]);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&base, Duration::from_secs(60), "ready", |s, _| s == 200).await;
+    let mut r = Running::start("admin_sinks", "", |name| {
+        format!(
+            "[sinks.search]\ntype = \"elasticsearch\"\nurl = \"{node}\"\nflush_interval = \"100ms\"\n\n\
+             [sinks.hook]\ntype = \"webhook\"\nurl = \"{ok}\"\nbatch_max_wait = \"0\"\n\n\
+             [sinks.gone]\ntype = \"webhook\"\nurl = \"{gone}\"\nbatch_max_wait = \"0\"\n\n\
+             [sinks.down]\ntype = \"webhook\"\nurl = \"{down}\"\nbatch_max_wait = \"0\"\nretry = [\"1h\"]\n\n\
+             [[tables]]\ntable = \"items\"\nsinks = [\"search\", \"hook\", \"gone\", \"down\"]\nindex = \"{name}\"\n",
+            ok = ok.url(),
+            gone = gone.url(),
+            down = down.url(),
+        )
+    })
+    .await;
 
-    db.exec("INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 50) g")
+    r.db.exec("INSERT INTO items SELECT g, 'row ' || g FROM generate_series(1, 50) g")
         .await;
-    let inserted = db.current_wal_lsn().await as f64;
-    ok.wait_for_events(50, Duration::from_secs(60));
+    let events = ok.wait_for_events(50, Duration::from_secs(60));
+    // A sink's acknowledged position is the end of the last transaction it settled: past the
+    // insert's commit record once it has settled the insert.
+    let committed = support::parse_lsn(events[49]["commit_lsn"].as_str().unwrap()) as f64;
 
     // Every sink settled the 50 events: written to the index, delivered, or (410 Gone) stored
     // as dead letters; each acknowledged the transaction.
     let deadline = Instant::now() + Duration::from_secs(60);
     let samples = loop {
-        let samples = scrape(&base).await;
+        let samples = scrape(&r.base).await;
         let of = |name: &str, sink: &str| value(&samples, name, &[("sink", sink)]);
         let done = of("cdc_sink_events_total", "search") == Some(50.0)
             && of("cdc_sink_events_total", "hook") == Some(50.0)
             && of("cdc_sink_dead_letters_total", "gone") == Some(50.0)
             && ["search", "hook", "gone", "down"]
                 .iter()
-                .all(|s| of("cdc_sink_acknowledged_lsn", s).is_some_and(|v| v >= inserted));
+                .all(|s| of("cdc_sink_acknowledged_lsn", s).is_some_and(|v| v > committed));
         if done {
             break samples;
         }
         assert!(
             Instant::now() < deadline,
             "the sinks' counters never showed 50 events settled:\n{samples:#?}\n{}",
-            cdc.stderr_text()
+            r.cdc.stderr_text()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -353,12 +354,12 @@ async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
     }
     assert_eq!(of("cdc_sink_events_total", "gone"), Some(0.0));
     // cdc status counts the dead letters from Postgres.
-    let out = support::cdc(&["--config", config, "status"]);
+    let out = support::cdc(&["--config", &r.config, "status"]);
     let text = support::stdout_of(&out);
     // (Rows of cdc.dead_letters: a webhook's are batches of up to 25 events.)
-    let batches = db
-        .query_one_i64("SELECT count(*) FROM cdc.dead_letters WHERE sink = 'gone'")
-        .await;
+    let batches =
+        r.db.query_one_i64("SELECT count(*) FROM cdc.dead_letters WHERE sink = 'gone'")
+            .await;
     assert!(batches >= 2, "50 events in batches of at most 25");
     assert!(
         text.contains(&format!(
@@ -371,9 +372,9 @@ async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
     // The endpoint that answered 410 is disabled, not retrying: /ready is 503 for it alone and
     // says what to do. The failing one is retrying, its batches in the outbox, and counted
     // alike in /ready, /metrics, `cdc status` and the table (once the probe, every 5 s, read them).
-    let stored = db
-        .query_one_i64("SELECT count(*) FROM cdc.webhook_outbox WHERE sink = 'down'")
-        .await;
+    let stored =
+        r.db.query_one_i64("SELECT count(*) FROM cdc.webhook_outbox WHERE sink = 'down'")
+            .await;
     assert!(stored >= 2, "50 events in batches of at most 25, all stored: {stored}");
     let sink = |body: &Value, name: &str| {
         body["sinks"]
@@ -381,7 +382,7 @@ async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
             .and_then(|s| s.iter().find(|s| s["name"] == name).cloned())
             .unwrap_or_else(|| panic!("no sink {name} in {body}"))
     };
-    let (status, body) = wait_ready(&base, Duration::from_secs(60), "the backlog counted", |_, b| {
+    let (status, body) = wait_ready(&r.base, Duration::from_secs(60), "the backlog counted", |_, b| {
         sink(b, "down")["outbox_batches"] == stored
     })
     .await;
@@ -409,14 +410,14 @@ async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
     assert_eq!(sink(&body, "down")["dead_letters"], 0, "{body}");
     assert_eq!(sink(&body, "search")["outbox_batches"], Value::Null, "{body}");
     assert_eq!(sink(&body, "hook")["status"], "ok", "{body}");
-    let samples = scrape(&base).await;
+    let samples = scrape(&r.base).await;
     let of = |name: &str, sink: &str| value(&samples, name, &[("sink", sink)]);
     assert_eq!(of("cdc_webhook_outbox_batches", "down"), Some(stored as f64));
     assert_eq!(of("cdc_webhook_outbox_batches", "gone"), Some(0.0));
     assert_eq!(of("cdc_webhook_outbox_batches", "search"), None, "not a webhook");
     assert_eq!(of("cdc_sink_disabled", "gone"), Some(1.0));
     assert_eq!(of("cdc_sink_disabled", "hook"), Some(0.0));
-    let out = support::cdc(&["--config", config, "status"]);
+    let out = support::cdc(&["--config", &r.config, "status"]);
     let text = support::stdout_of(&out);
     assert_eq!(out.status.code(), Some(1), "not ready: {text}");
     assert!(
@@ -429,7 +430,7 @@ async fn search_and_webhook_sinks_count_their_requests_and_dead_letters() {
         text.contains("  sink gone: disabled, acknowledged ") && text.contains("answered 410 Gone"),
         "{text}"
     );
-    cdc.kill9();
+    r.cdc.kill9();
 }
 
 /// A webhook endpoint in block mode that keeps failing holds the slot: once `stall_after` passes
@@ -440,33 +441,20 @@ async fn a_blocked_webhook_stalls_ready_and_both_recover_when_the_endpoint_is_ba
     use support::receiver::{Answer, Receiver};
     let receiver = Receiver::start();
     receiver.answer(Answer::Status(500, None));
-    let db = support::new_database("admin_block").await;
-    db.exec("CREATE TABLE items (id int PRIMARY KEY, title text)").await;
-    let port = support::free_port();
-    let dir = support::temp_dir();
-    let toml = format!(
-        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n\
-         [sinks.hook]\ntype = \"webhook\"\nurl = \"{hook}\"\non_exhausted = \"block\"\nretry = [\"500ms\"]\nbatch_max_wait = \"0\"\n\n\
-         [admin]\nlisten = \"127.0.0.1:{port}\"\nstall_after = \"3s\"\n\n\
-         [[tables]]\ntable = \"items\"\nsinks = [\"hook\"]\n",
-        url = db.url,
-        name = db.name,
-        hook = receiver.url(),
-    );
-    let config = support::write_config(dir.path(), &toml);
-    let config = config.to_str().unwrap();
-    let setup = support::cdc(&["--config", config, "setup"]);
-    assert!(setup.status.success(), "{}", support::stderr_of(&setup));
-    let mut cdc = support::CdcProcess::start(&["--config", config, "run"], &[]);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&base, Duration::from_secs(60), "ready and streaming", |status, b| {
-        status == 200 && b["source"]["status"] == "streaming"
+    let mut r = Running::start("admin_block", "stall_after = \"3s\"", |_| {
+        format!(
+            "[sinks.hook]\ntype = \"webhook\"\nurl = \"{hook}\"\non_exhausted = \"block\"\nretry = [\"500ms\"]\nbatch_max_wait = \"0\"\n\n\
+             [[tables]]\ntable = \"items\"\nsinks = [\"hook\"]\n",
+            hook = receiver.url(),
+        )
     })
     .await;
+    let (status, body) = ready(&r.base).await;
+    assert_eq!(status, 200, "ready before anything is written: {body}");
 
-    db.exec("INSERT INTO items VALUES (1, 'held')").await;
+    r.db.exec("INSERT INTO items VALUES (1, 'held')").await;
     let (_, body) = wait_ready(
-        &base,
+        &r.base,
         Duration::from_secs(60),
         "the blocked sink stalled",
         |status, b| status == 503 && b["sinks"][0]["status"] == "stalled",
@@ -476,11 +464,11 @@ async fn a_blocked_webhook_stalls_ready_and_both_recover_when_the_endpoint_is_ba
         body["problems"].to_string().contains("sink hook: stalled"),
         "the reason names the sink: {body}"
     );
-    let lag = |samples: &[prometheus_parse::Sample]| value(samples, "cdc_source_lag_seconds", &[]).unwrap();
+    let lag = |samples: &[Sample]| value(samples, "cdc_source_lag_seconds", &[]).unwrap();
     // The lag grows while the endpoint fails (it is the held insert's age, refreshed every 200 ms).
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let held = lag(&scrape(&base).await);
+        let held = lag(&scrape(&r.base).await);
         if held >= 4.0 {
             break;
         }
@@ -494,20 +482,20 @@ async fn a_blocked_webhook_stalls_ready_and_both_recover_when_the_endpoint_is_ba
     receiver.answer(Answer::Ok);
     let events = receiver.wait_for_events(1, Duration::from_secs(60));
     assert_eq!(events[0]["new"]["title"], "held");
-    wait_ready(&base, Duration::from_secs(60), "ready again", |status, b| {
+    wait_ready(&r.base, Duration::from_secs(60), "ready again", |status, b| {
         status == 200 && b["sinks"][0]["status"] == "ok"
     })
     .await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let now = lag(&scrape(&base).await);
+        let now = lag(&scrape(&r.base).await);
         if now == 0.0 {
             break;
         }
         assert!(Instant::now() < deadline, "the lag never fell back to 0: {now}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(cdc.sigterm().success(), "{}", cdc.stderr_text());
+    assert!(r.cdc.sigterm().success(), "{}", r.cdc.stderr_text());
 }
 
 /// The lag contract on the search sink: while the node cannot be reached (a proxy in front of
@@ -520,33 +508,20 @@ async fn a_blocked_webhook_stalls_ready_and_both_recover_when_the_endpoint_is_ba
 async fn lag_rises_while_the_search_node_is_unreachable_and_falls_when_it_is_back() {
     let node = support::search::node_url();
     let proxy = support::proxy::Proxy::start(&node);
-    let db = support::new_database("admin_search_lag").await;
-    db.exec("CREATE TABLE items (id int PRIMARY KEY, title text)").await;
-    let port = support::free_port();
-    let dir = support::temp_dir();
-    let toml = format!(
-        "[source]\nurl = \"{url}\"\nslot = \"{name}\"\npublication = \"{name}\"\n\n\
-         [sinks.search]\ntype = \"elasticsearch\"\nurl = \"{proxy}\"\nflush_interval = \"100ms\"\n\n\
-         [admin]\nlisten = \"127.0.0.1:{port}\"\nstall_after = \"3s\"\n\n\
-         [[tables]]\ntable = \"items\"\nsinks = [\"search\"]\nindex = \"{name}\"\n",
-        url = db.url,
-        name = db.name,
-        proxy = proxy.url,
-    );
-    let config = support::write_config(dir.path(), &toml);
-    let config = config.to_str().unwrap();
-    let setup = support::cdc(&["--config", config, "setup"]);
-    assert!(setup.status.success(), "{}", support::stderr_of(&setup));
-    let mut cdc = support::CdcProcess::start(&["--config", config, "run"], &[]);
-    let base = format!("http://127.0.0.1:{port}");
-    wait_ready(&base, Duration::from_secs(60), "ready and streaming", |status, b| {
-        status == 200 && b["source"]["status"] == "streaming"
+    let mut r = Running::start("admin_search_lag", "stall_after = \"3s\"", |name| {
+        format!(
+            "[sinks.search]\ntype = \"elasticsearch\"\nurl = \"{proxy}\"\nflush_interval = \"100ms\"\n\n\
+             [[tables]]\ntable = \"items\"\nsinks = [\"search\"]\nindex = \"{name}\"\n",
+            proxy = proxy.url,
+        )
     })
     .await;
+    let (status, body) = ready(&r.base).await;
+    assert_eq!(status, 200, "ready before anything is written: {body}");
     // A first row through the proxy: the index exists and the sink is caught up.
-    db.exec("INSERT INTO items VALUES (0, 'before')").await;
+    r.db.exec("INSERT INTO items VALUES (0, 'before')").await;
     let docs = |want: usize| {
-        let (node, index) = (node.clone(), db.name.clone());
+        let (node, index) = (node.clone(), r.db.name.clone());
         async move {
             let deadline = Instant::now() + Duration::from_secs(120);
             loop {
@@ -564,21 +539,21 @@ async fn lag_rises_while_the_search_node_is_unreachable_and_falls_when_it_is_bac
     };
     docs(1).await;
     let metric = |name: &'static str| {
-        let base = base.clone();
+        let base = r.base.clone();
         async move { value(&scrape(&base).await, name, &[]).unwrap_or_else(|| panic!("no {name}")) }
     };
 
-    let stalls = |samples: &[prometheus_parse::Sample]| value(samples, "cdc_sink_stalls_total", &[("sink", "search")]);
+    let stalls = |samples: &[Sample]| value(samples, "cdc_sink_stalls_total", &[("sink", "search")]);
     // (Creating the index may have taken longer than stall_after on a busy node: count from here.)
-    let stalls_before = stalls(&scrape(&base).await).unwrap();
+    let stalls_before = stalls(&scrape(&r.base).await).unwrap();
 
     proxy.down();
-    let before = db.current_wal_lsn().await;
+    let before = r.db.current_wal_lsn().await;
     // About 10 MB of WAL (incompressible text under the TOAST threshold), far above what the
     // other tests sharing the cluster write while the lag is read back after the recovery; in
     // 200 transactions, so that the first ones reach the sink whole and wait for it there, and
     // the slot's confirmed position stays before them.
-    db.exec(
+    r.db.exec(
         "DO $$ BEGIN FOR t IN 0..199 LOOP \
            INSERT INTO items SELECT g, (SELECT string_agg(md5(g::text || '.' || i::text), '') \
              FROM generate_series(1, 30) i) FROM generate_series(t * 50 + 1, t * 50 + 50) g; \
@@ -586,7 +561,7 @@ async fn lag_rises_while_the_search_node_is_unreachable_and_falls_when_it_is_bac
          END LOOP; END $$",
     )
     .await;
-    let held = (db.current_wal_lsn().await - before) as f64;
+    let held = (r.db.current_wal_lsn().await - before) as f64;
     assert!(held > 5e6, "the insert wrote {held} bytes of WAL");
 
     // Both lags rise: the bytes once the slot probe (every 5 s) has read the slot, the seconds
@@ -594,7 +569,7 @@ async fn lag_rises_while_the_search_node_is_unreachable_and_falls_when_it_is_bac
     let deadline = Instant::now() + Duration::from_secs(90);
     let (mut first_seconds, mut risen) = (None, false);
     while !risen {
-        let samples = scrape(&base).await;
+        let samples = scrape(&r.base).await;
         let bytes = value(&samples, "cdc_source_lag_bytes", &[]).unwrap();
         let seconds = value(&samples, "cdc_source_lag_seconds", &[]).unwrap();
         let first = *first_seconds.get_or_insert(seconds);
@@ -602,12 +577,12 @@ async fn lag_rises_while_the_search_node_is_unreachable_and_falls_when_it_is_bac
         assert!(
             Instant::now() < deadline,
             "the lag did not rise while the node was unreachable: {bytes} bytes (held {held}), {seconds} s\n{}",
-            cdc.stderr_text()
+            r.cdc.stderr_text()
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let (_, body) = wait_ready(
-        &base,
+        &r.base,
         Duration::from_secs(60),
         "the search sink stalled",
         |status, b| status == 503 && b["sinks"][0]["status"] == "stalled",
@@ -619,11 +594,11 @@ async fn lag_rises_while_the_search_node_is_unreachable_and_falls_when_it_is_bac
         "the reason names the sink and the node it cannot reach: {body}"
     );
     // Counted once while it lasts: still one more after two stall_after windows.
-    wait_ready(&base, Duration::from_secs(60), "the stall lasting 6 s", |_, b| {
+    wait_ready(&r.base, Duration::from_secs(60), "the stall lasting 6 s", |_, b| {
         b["sinks"][0]["status"] == "stalled" && b["sinks"][0]["pending_seconds"].as_f64().unwrap_or(0.0) >= 6.0
     })
     .await;
-    assert_eq!(stalls(&scrape(&base).await), Some(stalls_before + 1.0));
+    assert_eq!(stalls(&scrape(&r.base).await), Some(stalls_before + 1.0));
 
     proxy.up();
     docs(10001).await;
@@ -642,18 +617,18 @@ async fn lag_rises_while_the_search_node_is_unreachable_and_falls_when_it_is_bac
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (_, body) = wait_ready(&base, Duration::from_secs(60), "ready again", |status, b| {
+    let (_, body) = wait_ready(&r.base, Duration::from_secs(60), "ready again", |status, b| {
         status == 200 && b["sinks"][0]["status"] == "ok"
     })
     .await;
     assert_eq!(body["problems"], serde_json::json!([]), "{body}");
     // (Not necessarily still +1: a request whose retry timer outlasts the outage may keep the
     // sink without progress for another stall_after once the others are through.)
-    let stalls_before = stalls(&scrape(&base).await).unwrap();
+    let stalls_before = stalls(&scrape(&r.base).await).unwrap();
 
     // One transaction of 10,000 rows: more messages than the sink's channel holds (4096).
     proxy.down();
-    db.exec("UPDATE items SET title = 'again' WHERE id > 0").await;
+    r.db.exec("UPDATE items SET title = 'again' WHERE id > 0").await;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let seconds = metric("cdc_source_lag_seconds").await;
@@ -667,17 +642,17 @@ async fn lag_rises_while_the_search_node_is_unreachable_and_falls_when_it_is_bac
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     wait_ready(
-        &base,
+        &r.base,
         Duration::from_secs(60),
         "the search sink stalled on the large transaction",
         |status, b| status == 503 && b["sinks"][0]["status"] == "stalled",
     )
     .await;
-    assert_eq!(stalls(&scrape(&base).await), Some(stalls_before + 1.0));
+    assert_eq!(stalls(&scrape(&r.base).await), Some(stalls_before + 1.0));
     proxy.up();
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let docs = support::search::raw_docs(&node, &db.name).await;
+        let docs = support::search::raw_docs(&node, &r.db.name).await;
         let updated = docs.values().filter(|d| d.contains("\"again\"")).count();
         if updated == 10000 {
             break;
@@ -686,11 +661,11 @@ async fn lag_rises_while_the_search_node_is_unreachable_and_falls_when_it_is_bac
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     wait_ready(
-        &base,
+        &r.base,
         Duration::from_secs(60),
         "ready after the large transaction",
         |status, b| status == 200 && b["source"]["lag_seconds"] == 0.0,
     )
     .await;
-    assert!(cdc.sigterm().success(), "{}", cdc.stderr_text());
+    assert!(r.cdc.sigterm().success(), "{}", r.cdc.stderr_text());
 }

@@ -51,27 +51,13 @@ async fn a_postgres_restart_mid_stream_loses_nothing() {
         "the lost connection was logged"
     );
     // ... and counted, and the new session streams (the gauge is set when it starts).
-    let text = reqwest::get(format!("http://127.0.0.1:{admin}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_string()))).unwrap();
-    let value = |name: &str| {
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name)
-            .and_then(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => Some(v),
-                _ => None,
-            })
-    };
-    assert!(value("cdc_source_reconnects_total").is_some_and(|v| v >= 1.0), "{text}");
-    assert_eq!(value("cdc_source_connected"), Some(1.0), "{text}");
+    let samples = support::metrics::scrape(&format!("http://127.0.0.1:{admin}")).await;
+    let value = |name| support::metrics::value(&samples, name, &[]);
+    assert!(
+        value("cdc_source_reconnects_total").is_some_and(|v| v >= 1.0),
+        "{samples:#?}"
+    );
+    assert_eq!(value("cdc_source_connected"), Some(1.0), "{samples:#?}");
     assert!(cdc.sigterm().success());
 }
 

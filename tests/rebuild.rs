@@ -368,9 +368,6 @@ async fn a_rebuilt_index_equals_the_streamed_one_under_a_filter_and_a_projection
     let tables = things_mapping(&streamed, "streaming") + &things_mapping(&rebuilt, "rebuilding");
     let s = setup("rebuild_same", TYPES_DDL, "", &["streaming", "rebuilding"], &tables).await;
     let mut cdc = s.run();
-    // Commits flushed when they return (the test cluster's default is off), so the WAL write
-    // position read below includes them and the wait for it means they were confirmed.
-    s.db.exec("SET synchronous_commit = on").await;
     s.db.exec(THINGS_ROWS).await;
     s.db.exec("UPDATE things SET kind = 'c' WHERE id % 10 = 1; UPDATE things SET kind = 'a', name = 'moved in' WHERE id % 10 = 2 AND kind = 'c'; DELETE FROM things WHERE id % 25 = 0")
         .await;
@@ -434,7 +431,6 @@ async fn a_rebuild_while_cdc_run_is_stopped_is_completed_by_cdc_run_afterwards()
     )
     .await;
     let mut cdc = s.run();
-    s.db.exec("SET synchronous_commit = on").await; // as above: the write position includes the update
     s.db.exec("UPDATE events SET n = n + 1 WHERE id < 100").await;
     let lsn = s.db.current_wal_lsn().await;
     s.db.wait_confirmed_flush(&s.db.name, lsn, Duration::from_secs(60))
@@ -549,6 +545,156 @@ async fn wait_for_copy(node: &str, alias: &str, rebuild: &mut CdcProcess, earlie
     }
 }
 
+/// Waits until the rebuild logs that its copy is done: from there it is in the catch-up phase.
+fn wait_for_catch_up(rebuild: &mut CdcProcess) {
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !rebuild.stderr_text().contains("copy done: ") {
+        assert!(
+            rebuild.is_running(),
+            "the rebuild ended before its catch-up phase\n{}",
+            rebuild.report()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "the copy did not end within 3 minutes\n{}",
+            rebuild.report()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Where [`interrupt_rebuild`] stops a rebuild.
+enum Phase {
+    /// While it copies the table (some documents already in its new index).
+    Copy,
+    /// Copy done, changes still streaming, before the swap: held there by [`hold_catch_up`].
+    CatchUp,
+}
+
+/// A slow rebuild of `table` (one worker, batches of 50) stopped by `signal` in `phase`; `left`
+/// holds the half-built indexes of the earlier interrupted runs. The run removes the one the
+/// previous run left (and says so), then fails before its swap: the old index keeps serving,
+/// intact, and the temporary slot disappears. Returns the half-built index it leaves.
+async fn interrupt_rebuild(
+    s: &Setup,
+    table: &str,
+    alias: &str,
+    phase: Phase,
+    signal: libc::c_int,
+    left: &[String],
+) -> String {
+    let node = node_url();
+    let old = alias_targets(&node, alias).await;
+    let before = raw_docs(&node, alias).await;
+    let slow = [
+        "--config",
+        &s.config,
+        "rebuild-index",
+        "--table",
+        table,
+        "--parallel",
+        "1",
+        "--batch-size",
+        "50",
+    ];
+    let mut rebuild = CdcProcess::start(&slow, LOG_ENV);
+    let building = wait_for_copy(&node, alias, &mut rebuild, left).await;
+    let hold = match phase {
+        Phase::Copy => None,
+        Phase::CatchUp => {
+            let hold = hold_catch_up(&s.db, left.len()).await;
+            wait_for_catch_up(&mut rebuild);
+            Some(hold)
+        }
+    };
+
+    rebuild.signal(signal);
+    let status = rebuild.wait_exit(Duration::from_secs(30));
+    assert!(!status.success(), "the rebuild was interrupted\n{}", rebuild.report());
+    let log = rebuild.stderr_text();
+    assert!(
+        !log.contains("the alias now points at the new index"),
+        "interrupted before the swap\n{}",
+        rebuild.report()
+    );
+    if signal == libc::SIGINT {
+        assert!(log.contains("interrupted by SIGINT"), "{}", rebuild.report());
+    }
+    if let Some(previous) = left.last() {
+        assert!(
+            log.contains(&format!("removing the half-built index {previous}")),
+            "the run removed what the previous one left: {log}"
+        );
+    }
+    assert_eq!(alias_targets(&node, alias).await, old, "the old index still serves");
+    assert_eq!(raw_docs(&node, alias).await, before, "the old index is intact");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rebuild_slots(&s.db).await > 0 {
+        assert!(Instant::now() < deadline, "the temporary slot outlived its session");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if let Some(hold) = hold {
+        hold.release().await;
+    }
+    building
+}
+
+/// What keeps a rebuild of the catch-up test's `docs` in its catch-up phase until released.
+struct CatchUpHold {
+    release: tokio::sync::oneshot::Sender<()>,
+    migration: tokio::task::JoinHandle<()>,
+}
+
+/// Holds a rebuild of `docs` (whose copy is running) in its catch-up phase by a real condition,
+/// no timing: a transaction holding an ACCESS EXCLUSIVE lock on the table (as a migration
+/// would). An update of row `id = 1` (title `held {round}`) that leaves its TOASTed body
+/// unchanged commits while the copy runs; the catch-up must read that value back from the
+/// table, and its read waits behind the lock, which is granted once the copy's transaction ends
+/// and held until [`CatchUpHold::release`].
+async fn hold_catch_up(db: &TestDb, round: usize) -> CatchUpHold {
+    // The update takes its row lock first; the migration's lock queues behind it and the copy.
+    let writer = support::connect(&db.url).await;
+    writer
+        .batch_execute(&format!("BEGIN; UPDATE docs SET title = 'held {round}' WHERE id = 1"))
+        .await
+        .unwrap();
+    let (release, released) = tokio::sync::oneshot::channel::<()>();
+    let url = db.url.clone();
+    let migration = tokio::spawn(async move {
+        let db = support::connect(&url).await;
+        db.batch_execute("BEGIN; LOCK TABLE docs IN ACCESS EXCLUSIVE MODE")
+            .await
+            .unwrap();
+        released.await.ok();
+        db.batch_execute("ROLLBACK").await.unwrap();
+    });
+    let waiting_lock = "SELECT count(*) FROM pg_locks WHERE relation = 'docs'::regclass AND mode = 'AccessExclusiveLock' AND NOT granted";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while db.query_one_i64(waiting_lock).await == 0 {
+        assert!(Instant::now() < deadline, "the migration's lock never queued");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    writer.batch_execute("COMMIT").await.unwrap();
+    CatchUpHold { release, migration }
+}
+
+impl CatchUpHold {
+    async fn release(self) {
+        self.release.send(()).unwrap();
+        self.migration.await.unwrap();
+    }
+}
+
+/// After the last rebuild: its index, behind the alias, is the only one named after the alias,
+/// no temporary slot is left, and the index equals the table.
+async fn assert_cleaned_up(s: &Setup, alias: &str, expected: &str) {
+    let node = node_url();
+    let now = alias_targets(&node, alias).await;
+    assert_eq!(indexes_named(&node, alias).await, now, "no stray index: {now:?}");
+    assert_eq!(rebuild_slots(&s.db).await, 0);
+    assert_index_equals_table(&node, alias, &s.db, expected, Duration::from_secs(30)).await;
+}
+
 /// kill -9, then SIGINT, in the copy phase: each time the old index keeps serving, intact, and
 /// the temporary slot disappears; the next rebuild removes the half-built index (and says so),
 /// succeeds, and leaves no stray index or slot. What a kill right after the swap leaves (the
@@ -568,51 +714,13 @@ async fn an_interrupted_rebuild_leaves_the_old_index_serving_and_the_next_one_cl
     .await;
     s.rebuild("public.events", &[]);
     let old = alias_targets(&node, &alias).await;
-    let before = raw_docs(&node, &alias).await;
-    assert_eq!(before.len(), 32_000);
+    assert_eq!(raw_docs(&node, &alias).await.len(), 32_000);
 
-    let slow = [
-        "--config",
-        &s.config,
-        "rebuild-index",
-        "--table",
-        "public.events",
-        "--parallel",
-        "1",
-        "--batch-size",
-        "50",
-    ];
     let mut left = Vec::new();
     for signal in [libc::SIGKILL, libc::SIGINT] {
-        let mut rebuild = CdcProcess::start(&slow, LOG_ENV);
-        left.push(wait_for_copy(&node, &alias, &mut rebuild, &left).await);
-        rebuild.signal(signal);
-        let status = rebuild.wait_exit(Duration::from_secs(30));
-        assert!(!status.success(), "the rebuild was interrupted");
-        if signal == libc::SIGINT {
-            assert!(
-                rebuild.stderr_text().contains("interrupted by SIGINT"),
-                "{}",
-                rebuild.report()
-            );
-        }
-        assert_eq!(alias_targets(&node, &alias).await, old, "the old index still serves");
-        assert_eq!(raw_docs(&node, &alias).await, before, "the old index is intact");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while rebuild_slots(&s.db).await > 0 {
-            assert!(Instant::now() < deadline, "the temporary slot outlived its session");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        if signal == libc::SIGINT {
-            assert!(
-                rebuild
-                    .stderr_text()
-                    .contains(&format!("removing the half-built index {}", left[0])),
-                "the second run removed what the first left: {}",
-                rebuild.stderr_text()
-            );
-        }
+        left.push(interrupt_rebuild(&s, "public.events", &alias, Phase::Copy, signal, &left).await);
     }
+
     // What a rebuild killed right after its swap leaves: the serving index still behind the
     // private alias, and the swapped-out index behind `<alias>.retired`.
     let swapped_out = format!("{alias}_swapped_out");
@@ -644,39 +752,13 @@ async fn an_interrupted_rebuild_leaves_the_old_index_serving_and_the_next_one_cl
         !log.contains(&format!("removing the half-built index {}", old[0])),
         "{log}"
     );
-    let now = alias_targets(&node, &alias).await;
-    assert_eq!(indexes_named(&node, &alias).await, now, "no stray index: {now:?}");
-    assert_eq!(rebuild_slots(&s.db).await, 0);
-    assert_index_equals_table(&node, &alias, &s.db, EVENTS_EXPECTED, Duration::from_secs(30)).await;
-}
-
-/// Waits until the rebuild logs that its copy is done: from there it is in the catch-up phase.
-fn wait_for_catch_up(rebuild: &mut CdcProcess) {
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while !rebuild.stderr_text().contains("copy done: ") {
-        assert!(
-            rebuild.is_running(),
-            "the rebuild ended before its catch-up phase\n{}",
-            rebuild.report()
-        );
-        assert!(
-            Instant::now() < deadline,
-            "the copy did not end within 3 minutes\n{}",
-            rebuild.report()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert_cleaned_up(&s, &alias, EVENTS_EXPECTED).await;
 }
 
 /// kill -9, then SIGINT, in the catch-up phase (copy done, changes still streaming, before the
-/// swap): the old index keeps serving, intact, the temporary slot disappears, and the next
-/// rebuild removes the half-built index and leaves no stray index or slot.
-///
-/// What holds the catch-up open is a real condition, no timing: a transaction holding an
-/// ACCESS EXCLUSIVE lock on the table (as a migration would). An update that leaves a TOASTed
-/// value unchanged commits while the copy runs; the catch-up must read that value back from
-/// the table, and its read waits behind the lock, which is granted once the copy's transaction
-/// ends and held until the test lets go.
+/// swap, held there by [`hold_catch_up`]): the old index keeps serving, intact, the temporary
+/// slot disappears, and the next rebuild removes the half-built index and leaves no stray index
+/// or slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rebuild_interrupted_in_its_catch_up_leaves_the_old_index_serving_and_the_next_one_cleans_up() {
     let _serial = support::serial();
@@ -694,81 +776,11 @@ async fn a_rebuild_interrupted_in_its_catch_up_leaves_the_old_index_serving_and_
     .await;
     let expected = "SELECT id::text, jsonb_build_object('id', id, 'title', title, 'body', body)::text FROM docs";
     s.rebuild("public.docs", &[]);
-    let old = alias_targets(&node, &alias).await;
-    let before = raw_docs(&node, &alias).await;
-    assert_eq!(before.len(), 20_000);
+    assert_eq!(raw_docs(&node, &alias).await.len(), 20_000);
 
-    let slow = [
-        "--config",
-        &s.config,
-        "rebuild-index",
-        "--table",
-        "public.docs",
-        "--parallel",
-        "1",
-        "--batch-size",
-        "50",
-    ];
-    let waiting_lock = "SELECT count(*) FROM pg_locks WHERE relation = 'docs'::regclass AND mode = 'AccessExclusiveLock' AND NOT granted";
     let mut left = Vec::new();
-    for (round, signal) in [libc::SIGKILL, libc::SIGINT].into_iter().enumerate() {
-        let mut rebuild = CdcProcess::start(&slow, LOG_ENV);
-        left.push(wait_for_copy(&node, &alias, &mut rebuild, &left).await);
-        // The update takes its row lock first; the migration's lock queues behind it and the copy.
-        let writer = support::connect(&s.db.url).await;
-        writer
-            .batch_execute(&format!("BEGIN; UPDATE docs SET title = 'held {round}' WHERE id = 1"))
-            .await
-            .unwrap();
-        let (release, released) = tokio::sync::oneshot::channel::<()>();
-        let url = s.db.url.clone();
-        let migration = tokio::spawn(async move {
-            let db = support::connect(&url).await;
-            db.batch_execute("BEGIN; LOCK TABLE docs IN ACCESS EXCLUSIVE MODE")
-                .await
-                .unwrap();
-            released.await.ok();
-            db.batch_execute("ROLLBACK").await.unwrap();
-        });
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while s.db.query_one_i64(waiting_lock).await == 0 {
-            assert!(Instant::now() < deadline, "the migration's lock never queued");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        writer.batch_execute("COMMIT").await.unwrap();
-        wait_for_catch_up(&mut rebuild);
-
-        rebuild.signal(signal);
-        let status = rebuild.wait_exit(Duration::from_secs(30));
-        assert!(!status.success(), "the rebuild was interrupted\n{}", rebuild.report());
-        assert!(
-            !rebuild.stderr_text().contains("the alias now points at the new index"),
-            "interrupted before the swap\n{}",
-            rebuild.report()
-        );
-        if signal == libc::SIGINT {
-            assert!(
-                rebuild.stderr_text().contains("interrupted by SIGINT"),
-                "{}",
-                rebuild.report()
-            );
-            assert!(
-                rebuild
-                    .stderr_text()
-                    .contains(&format!("removing the half-built index {}", left[0])),
-                "the second run removed what the first left: {}",
-                rebuild.stderr_text()
-            );
-        }
-        assert_eq!(alias_targets(&node, &alias).await, old, "the old index still serves");
-        assert_eq!(raw_docs(&node, &alias).await, before, "the old index is intact");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while rebuild_slots(&s.db).await > 0 {
-            assert!(Instant::now() < deadline, "the temporary slot outlived its session");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        release.send(()).unwrap();
-        migration.await.unwrap();
+    for signal in [libc::SIGKILL, libc::SIGINT] {
+        left.push(interrupt_rebuild(&s, "public.docs", &alias, Phase::CatchUp, signal, &left).await);
     }
 
     let out = s.rebuild("public.docs", &[]);
@@ -777,10 +789,8 @@ async fn a_rebuild_interrupted_in_its_catch_up_leaves_the_old_index_serving_and_
         log.contains(&format!("removing the half-built index {}", left[1])),
         "{log}"
     );
-    let now = alias_targets(&node, &alias).await;
-    assert_eq!(indexes_named(&node, &alias).await, now, "no stray index: {now:?}");
-    assert_eq!(rebuild_slots(&s.db).await, 0);
-    assert_index_equals_table(&node, &alias, &s.db, expected, Duration::from_secs(30)).await;
+    assert_cleaned_up(&s, &alias, expected).await;
+    // The update held in the last run's catch-up is in the index.
     assert!(raw_docs(&node, &alias).await["1"].contains("\"title\":\"held 1\""));
 }
 

@@ -94,23 +94,7 @@ impl Running {
 
     /// The value of `/metrics` sample `name` with label sink = `sink`.
     async fn metric(&self, name: &str, sink: &str) -> Option<f64> {
-        let body = reqwest::get(format!("{}/metrics", self.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap();
-        scrape
-            .samples
-            .iter()
-            .find(|s| s.metric == name && s.labels.get("sink") == Some(sink))
-            .and_then(|s| match s.value {
-                prometheus_parse::Value::Counter(v)
-                | prometheus_parse::Value::Gauge(v)
-                | prometheus_parse::Value::Untyped(v) => Some(v),
-                _ => None,
-            })
+        support::metrics::value(&support::metrics::scrape(&self.base).await, name, &[("sink", sink)])
     }
 
     /// Polls `/metrics` until `name{sink}` satisfies `pred`.

@@ -27,6 +27,7 @@
 //! restart tests in a test file of their own, and hold [`serial`] in each of them.
 #![allow(dead_code)]
 
+pub mod metrics;
 pub mod proxy;
 pub mod receiver;
 pub mod search;
@@ -398,14 +399,50 @@ impl TestDb {
         row.map(|r| r.get::<_, bool>(0)).unwrap_or(false)
     }
 
-    /// `pg_current_wal_lsn()` as u64.
+    /// The end of the WAL inserted so far: at or past the end of every transaction committed
+    /// until now, in any session. A position cdc reaches without further writes: after writes,
+    /// wait for it with [`TestDb::wait_confirmed_flush`], or stop there with `--stop-at`.
+    ///
+    /// Not `pg_current_wal_lsn()`, the position written so far: the test cluster runs with
+    /// `synchronous_commit = off`, where a commit returns before its WAL is written, so a wait
+    /// for that position could end before cdc saw the commit. The insert position
+    /// (`pg_current_wal_insert_lsn()`) includes it. The WAL writer flushes it soon after (within
+    /// 3 × `wal_writer_delay`), the walsender decodes it, and once it has nothing more to send,
+    /// its keepalive carries the end of the last record it read, which cdc confirms as soon as
+    /// its sinks have acknowledged what came before (src/source/stream.rs, src/checkpoint.rs).
+    ///
+    /// When the last record ended exactly at the end of a WAL page, the insert position is past
+    /// the next page's header, where no record ends until another one is written: this returns
+    /// the page boundary then, the end of that record as the walsender reports it.
+    ///
+    /// Only the slot's confirmed position reaches it: a sink's acknowledged position stays at
+    /// the end of the last transaction the sink received, while this one may include later WAL
+    /// of other sessions (other tests share the cluster).
     pub async fn current_wal_lsn(&self) -> u64 {
         let row = self
             .client
-            .query_one("SELECT pg_current_wal_lsn()::text", &[])
+            .query_one(
+                "SELECT pg_current_wal_insert_lsn()::text, current_setting('wal_block_size')::bigint, \
+                        pg_size_bytes(current_setting('wal_segment_size'))",
+                &[],
+            )
             .await
-            .unwrap_or_else(|e| panic!("pg_current_wal_lsn(): {}", pg_error(&e)));
-        parse_lsn(&row.get::<_, String>(0))
+            .unwrap_or_else(|e| panic!("pg_current_wal_insert_lsn(): {}", pg_error(&e)));
+        let (insert, page, segment) = (
+            parse_lsn(&row.get::<_, String>(0)),
+            row.get::<_, i64>(1),
+            row.get::<_, i64>(2),
+        );
+        // Page header sizes (PostgreSQL's SizeOfXLogLongPHD, first page of a segment, and
+        // SizeOfXLogShortPHD).
+        let header = if insert % segment as u64 == 40 {
+            40
+        } else if insert % page as u64 == 24 {
+            24
+        } else {
+            0
+        };
+        insert - header
     }
 
     /// Poll until the slot's `confirmed_flush_lsn` is at least `at_least`; returns it.
