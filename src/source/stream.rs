@@ -190,10 +190,10 @@ async fn session(
                 Some(ev) => Next::Event(ev),
                 None => {
                     at_hand = 0;
-                    let due = flushed_at + FLUSH_LINGER;
-                    let flush_now = router.has_commits() && due <= tokio::time::Instant::now();
+                    let now = tokio::time::Instant::now();
+                    let plan = hand_over(router.has_commits(), flushed_at, now);
                     let flushed = async {
-                        if flush_now {
+                        if plan == HandOver::Now {
                             router.flush().await.map_err(fatal)?;
                         }
                         Ok::<_, SessionError>(())
@@ -204,16 +204,19 @@ async fn session(
                         _ = shutdown.changed() => Next::Shutdown,
                         r = flushed => {
                             r?;
-                            if flush_now {
+                            if plan == HandOver::Now {
                                 flushed_at = tokio::time::Instant::now();
                             }
-                            let linger = router.has_commits().then_some(due);
+                            let linger = match plan {
+                                HandOver::At(due) => Some(due),
+                                HandOver::Now | HandOver::Nothing => None,
+                            };
                             tokio::select! {
                                 biased;
                                 _ = shutdown.changed() => Next::Shutdown,
                                 _ = tick.tick() => Next::Tick,
                                 ev = recv => Next::Event(ev),
-                                _ = tokio::time::sleep_until(linger.unwrap_or(due)), if linger.is_some() => Next::Flush,
+                                _ = tokio::time::sleep_until(linger.unwrap_or(now)), if linger.is_some() => Next::Flush,
                             }
                         }
                     }
@@ -333,6 +336,25 @@ enum Next {
 /// (perf, `scripts/bench/source.sh` shape 2). A transaction arriving after a quiet millisecond
 /// is handed over at once, so a trickle gains no latency; a burst gains at most this.
 const FLUSH_LINGER: Duration = Duration::from_millis(1);
+
+/// When the routed transactions go to the sinks, once nothing more is at hand.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum HandOver {
+    Now,
+    /// When the linger since the last hand-over ends (more may arrive meanwhile).
+    At(tokio::time::Instant),
+    /// No transaction waits: runs without a commit give a sink nothing to acknowledge.
+    Nothing,
+}
+
+fn hand_over(has_commits: bool, last: tokio::time::Instant, now: tokio::time::Instant) -> HandOver {
+    let due = last + FLUSH_LINGER;
+    match (has_commits, due <= now) {
+        (false, _) => HandOver::Nothing,
+        (true, true) => HandOver::Now,
+        (true, false) => HandOver::At(due),
+    }
+}
 
 /// Routes one decoded change (a relation message is the caller's: it reads the catalog).
 fn on_change(
@@ -529,5 +551,32 @@ fn classify(e: anyhow::Error) -> SessionError {
         SessionError::Fatal(e)
     } else {
         SessionError::Retry(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::time::Instant;
+
+    #[test]
+    fn a_transaction_after_a_quiet_millisecond_is_handed_over_at_once() {
+        let last = Instant::now();
+        assert_eq!(hand_over(true, last, last + FLUSH_LINGER), HandOver::Now);
+        assert_eq!(hand_over(true, last, last + Duration::from_secs(5)), HandOver::Now);
+    }
+
+    #[test]
+    fn a_burst_waits_for_the_end_of_the_millisecond_and_no_longer() {
+        let last = Instant::now();
+        let soon = last + Duration::from_micros(200);
+        assert_eq!(hand_over(true, last, soon), HandOver::At(last + FLUSH_LINGER));
+    }
+
+    #[test]
+    fn runs_without_a_commit_wait_for_one() {
+        let last = Instant::now();
+        assert_eq!(hand_over(false, last, last + Duration::from_secs(5)), HandOver::Nothing);
+        assert_eq!(hand_over(false, last, last), HandOver::Nothing);
     }
 }
