@@ -175,3 +175,64 @@ async fn a_webhook_sink_started_while_postgres_is_down_waits_for_it() {
     assert!(cdc.sigterm().success(), "{}", cdc.stderr_text());
     db.drop_slots().await;
 }
+
+/// While Postgres is down, `/ready` says why the slot's figures (retained WAL, lag) cannot be
+/// read and the log says it once; both clear when Postgres is back.
+#[tokio::test]
+async fn ready_says_why_the_slot_cannot_be_read_while_postgres_is_down() {
+    let _serial = support::serial();
+    let admin = support::free_port();
+    let setup = support::stdout_setup(
+        "pgdown_probe",
+        "CREATE TABLE items (id int PRIMARY KEY)",
+        &format!("[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n[[tables]]\ntable = \"items\"\nsinks = [\"out\"]"),
+    )
+    .await;
+    let mut cdc = setup.run();
+    // `/ready`'s source section once it satisfies `pred` (the probe reads the slot every 5 s).
+    let source_when = |what: &'static str, pred: fn(&serde_json::Value) -> bool| async move {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut last = serde_json::Value::Null;
+        while Instant::now() < deadline {
+            if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{admin}/ready")).await {
+                let body = response.bytes().await.expect("/ready answers");
+                last =
+                    serde_json::from_slice::<serde_json::Value>(&body).expect("/ready answers JSON")["source"].take();
+                if pred(&last) {
+                    return last;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        panic!("/ready never showed {what}; last source section: {last}");
+    };
+    source_when("the slot read while streaming", |s| {
+        s["status"] == "streaming" && s["slot_wal_status"].is_string() && s["slot_error"].is_null()
+    })
+    .await;
+
+    support::stop_postgres();
+    let source = source_when("a slot error", |s| s["slot_error"].is_string()).await;
+    let error = source["slot_error"].as_str().unwrap();
+    assert!(
+        error.contains("cannot connect to Postgres") || error.contains("reading the slot"),
+        "{error}"
+    );
+    assert!(
+        cdc.stderr_text().contains("cannot read the slot's figures"),
+        "the log says it:\n{}",
+        cdc.stderr_text()
+    );
+
+    support::restart_postgres();
+    let db = support::reconnect(&setup.db).await;
+    source_when("the slot read again", |s| s["slot_error"].is_null()).await;
+    assert!(
+        cdc.stderr_text().contains("reading the slot's figures works again"),
+        "{}",
+        cdc.stderr_text()
+    );
+    db.exec("INSERT INTO items VALUES (1)").await;
+    assert_eq!(cdc.next_events(1, WAIT)[0]["new"]["id"], 1);
+    assert!(cdc.sigterm().success(), "{}", cdc.stderr_text());
+}

@@ -141,6 +141,8 @@ pub struct SourceReadiness {
     pub received_lsn: String,
     pub confirmed_lsn: String,
     pub slot_wal_status: Option<String>,
+    /// Why the last reading of the slot failed (the slot figures are then from an earlier one).
+    pub slot_error: Option<String>,
     pub retained_wal_bytes: Option<i64>,
     pub lag_bytes: Option<i64>,
     pub lag_seconds: f64,
@@ -275,6 +277,7 @@ fn readiness(shared: &Shared) -> Readiness {
             received_lsn: Lsn(received).to_string(),
             confirmed_lsn: Lsn(m.source.confirmed_lsn.get() as u64).to_string(),
             slot_wal_status: slot.wal_status,
+            slot_error: slot.error,
             retained_wal_bytes: slot.retained_bytes,
             lag_bytes: slot.lag_bytes,
             lag_seconds: m.source.lag_seconds.get(),
@@ -352,11 +355,14 @@ async fn probe(shared: Arc<Shared>, url: String, slot: String, backlog: bool) {
             client = crate::source::connection::catalog(&url).await.ok();
         }
         let Some(c) = &client else {
-            shared.slot.lock().expect("slot lock").error = Some("cannot connect to Postgres".to_string());
+            failed(&shared, &slot, "cannot connect to Postgres".to_string());
             continue;
         };
         match read_slot(c, &slot).await {
             Ok(state) => {
+                if shared.slot.lock().expect("slot lock").error.is_some() {
+                    tracing::info!(slot, "reading the slot's figures works again");
+                }
                 let m = metrics::global();
                 if let Some(retained) = state.retained_bytes {
                     m.source.retained_wal_bytes.set(retained);
@@ -387,11 +393,23 @@ async fn probe(shared: Arc<Shared>, url: String, slot: String, backlog: bool) {
                     }
                 }
             }
-            Err(e) => {
-                shared.slot.lock().expect("slot lock").error = Some(format!("reading the slot: {e}"));
-            }
+            Err(e) => failed(&shared, &slot, format!("reading the slot: {e:#}")),
         }
     }
+}
+
+/// Records why the probe could not read the slot (shown by `/ready` as `source.slot_error`) and
+/// logs it when it is new: the retained-WAL warning and limit depend on these readings.
+fn failed(shared: &Shared, slot: &str, error: String) {
+    let mut state = shared.slot.lock().expect("slot lock");
+    if state.error.as_ref() != Some(&error) {
+        tracing::warn!(
+            slot,
+            "cannot read the slot's figures (retained WAL, lag) from Postgres: {error}; retrying every {}s",
+            PROBE_INTERVAL.as_secs()
+        );
+    }
+    state.error = Some(error);
 }
 
 async fn read_slot(client: &tokio_postgres::Client, slot: &str) -> anyhow::Result<SlotState> {
@@ -404,17 +422,12 @@ async fn read_slot(client: &tokio_postgres::Client, slot: &str) -> anyhow::Resul
             &[&slot],
         )
         .await?;
-    Ok(match row {
-        Some(row) => SlotState {
-            wal_status: row.get(0),
-            retained_bytes: row.get(1),
-            lag_bytes: row.get(2),
-            error: None,
-        },
-        None => SlotState {
-            error: Some(format!("the slot {slot} does not exist")),
-            ..SlotState::default()
-        },
+    let row = row.ok_or_else(|| anyhow::anyhow!("the slot {slot} does not exist"))?;
+    Ok(SlotState {
+        wal_status: row.get(0),
+        retained_bytes: row.get(1),
+        lag_bytes: row.get(2),
+        error: None,
     })
 }
 
