@@ -1087,3 +1087,45 @@ async fn an_update_whose_table_was_dropped_since_becomes_a_dead_letter_instead_o
     assert!(error.contains("no longer exists"), "{error}");
     cdc.sigterm();
 }
+
+#[tokio::test]
+async fn writes_resume_within_seconds_after_a_long_outage_ends() {
+    let node = node_url();
+    let proxy = support::proxy::Proxy::start(&node);
+    let index = support::unique_name("outage");
+    let s = setup(
+        "search_outage",
+        EVENTS_DDL,
+        &proxy.url,
+        "",
+        &events_mapping(&index),
+        &[],
+    )
+    .await;
+    let mut cdc = run(&s);
+    s.db.exec("INSERT INTO events (id, name, state) VALUES (1, 'before', 'published')")
+        .await;
+    assert_index_equals_table(&node, &index, &s.db, EVENTS_EXPECTED, Duration::from_secs(60)).await;
+
+    // The node is gone for 35 s: the request's backoff has doubled past 25 s by then, and its
+    // next attempt would come 15–30 s after the node is back.
+    proxy.down();
+    s.db.exec("INSERT INTO events (id, name, state) VALUES (2, 'during', 'published')")
+        .await;
+    let outage = Duration::from_secs(35);
+    tokio::time::sleep(outage).await;
+    assert!(
+        !index_docs(&node, &index).await.contains_key("2"),
+        "nothing reached the node during the outage"
+    );
+    proxy.up();
+    let back = Instant::now();
+    assert_index_equals_table(&node, &index, &s.db, EVENTS_EXPECTED, Duration::from_secs(60)).await;
+    let resumed = back.elapsed();
+    assert!(
+        resumed < Duration::from_secs(10),
+        "the write waited {resumed:?} after the node was back (it should notice within about a second)\n{}",
+        cdc.stderr_text()
+    );
+    assert!(cdc.sigterm().success());
+}

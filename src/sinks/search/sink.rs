@@ -360,6 +360,7 @@ async fn send(shared: &Shared, mut actions: Vec<Action>) -> Option<[Vec<Action>;
                 }
             }),
         };
+        let unreachable = matches!(outcomes, Err(("unreachable", _)));
         match outcomes {
             Err((kind, reason)) => shared.health.failing(kind, &reason),
             Ok(outcomes) => {
@@ -370,7 +371,12 @@ async fn send(shared: &Shared, mut actions: Vec<Action>) -> Option<[Vec<Action>;
                 }
             }
         }
-        tokio::time::sleep(crate::retry::backoff(FIRST_RETRY, attempt)).await;
+        let wait = crate::retry::backoff(FIRST_RETRY, attempt);
+        if unreachable {
+            wait_unless_back(&shared.service, wait).await;
+        } else {
+            tokio::time::sleep(wait).await;
+        }
         attempt = attempt.saturating_add(1);
     }
     None
@@ -477,6 +483,24 @@ where
 
 /// The first retry of a request waits this long, then the wait doubles (`crate::retry`).
 const FIRST_RETRY: Duration = Duration::from_millis(200);
+
+/// How often a request waiting out its backoff after the node was unreachable asks whether the
+/// node answers again.
+const BACK_PROBE: Duration = Duration::from_secs(1);
+
+/// Waits `wait`, or until the node answers again (any HTTP reply to `GET /`), whichever comes
+/// first. After a long outage the backoff reaches 30 s; without this a request would sit out
+/// the rest of it while the node was already back.
+async fn wait_unless_back(service: &Service, wait: Duration) {
+    let until = Instant::now() + wait;
+    loop {
+        let next = (Instant::now() + BACK_PROBE).min(until);
+        tokio::time::sleep_until(next).await;
+        if next >= until || service.get("/").await.is_ok() {
+            return;
+        }
+    }
+}
 
 /// Whether the sink is failing, and how: each change of state is logged once, not every retry.
 pub struct Health {
