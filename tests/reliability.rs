@@ -194,12 +194,8 @@ async fn stop_at_delivers_everything_before_the_position_then_exits_0() {
     // one large transaction: the stop is at its end, never in its middle
     s.db.exec("INSERT INTO items SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g")
         .await;
-    // the insert position: the test cluster commits asynchronously, so the write position
-    // (pg_current_wal_lsn) can still be before the commit record
-    let end =
-        s.db.query_opt_text("SELECT pg_current_wal_insert_lsn()::text")
-            .await
-            .unwrap();
+    // a position at or past the commit (see `current_wal_lsn`)
+    let end = support::format_lsn(s.db.current_wal_lsn().await);
     let out = support::cdc(&["--config", &s.config, "run", "--stop-at", &end]);
     assert!(out.status.success(), "{}", support::stderr_of(&out));
     assert_eq!(support::stdout_of(&out).lines().count(), 20000);
