@@ -1129,3 +1129,37 @@ async fn writes_resume_within_seconds_after_a_long_outage_ends() {
     );
     assert!(cdc.sigterm().success());
 }
+
+#[tokio::test]
+async fn an_index_creation_that_timed_out_leaves_one_index_behind_the_alias() {
+    let node = node_url();
+    let proxy = support::proxy::Proxy::start(&node);
+    let index = support::unique_name("slowcreate");
+    // The node is slow to create the index: cdc's request times out and cdc tries again, and
+    // then both requests reach the node.
+    proxy.hold_containing(&format!("\"aliases\":{{\"{index}\""));
+    let s = setup(
+        "search_slowcreate",
+        EVENTS_DDL,
+        &proxy.url,
+        "request_timeout = \"1s\"",
+        &events_mapping(&index),
+        &[],
+    )
+    .await;
+    let mut cdc = run(&s);
+    s.db.exec("INSERT INTO events (id, name, state) VALUES (1, 'a', 'published')")
+        .await;
+    proxy.wait_held(2, Duration::from_secs(60)).await;
+    proxy.release();
+
+    assert_index_equals_table(&node, &index, &s.db, EVENTS_EXPECTED, Duration::from_secs(60)).await;
+    let (status, aliases) = http(reqwest::Method::GET, &format!("{node}/_alias/{index}"), None).await;
+    assert_eq!(status, 200);
+    let behind: Vec<&String> = aliases.as_object().unwrap().keys().collect();
+    assert_eq!(behind.len(), 1, "one index behind the alias: {aliases}");
+    s.db.exec("INSERT INTO events (id, name, state) VALUES (2, 'b', 'published')")
+        .await;
+    assert_index_equals_table(&node, &index, &s.db, EVENTS_EXPECTED, Duration::from_secs(60)).await;
+    assert!(cdc.sigterm().success(), "{}", cdc.stderr_text());
+}

@@ -72,11 +72,21 @@ pub async fn ensure(service: &Service, alias: &str, settings: Option<&Path>) -> 
             );
             Ok(())
         }
-        Target::Absent => {
-            let physical = create_physical(service, alias, settings, true).await?;
-            tracing::info!(alias, index = %physical, "created the index and pointed the alias at it");
-            Ok(())
-        }
+        Target::Absent => match create_physical(service, alias, settings, true).await {
+            Ok(physical) => {
+                tracing::info!(alias, index = %physical, "created the index and pointed the alias at it");
+                Ok(())
+            }
+            // A create that timed out may have been carried out by the node all the same, and
+            // then this attempt is refused (the alias has its write index): the alias is there.
+            Err(e) => match lookup(service, alias).await? {
+                Target::Alias(indexes) => {
+                    tracing::info!(alias, indexes = ?indexes, "the alias exists now: an earlier attempt to create it got through");
+                    Ok(())
+                }
+                _ => Err(e),
+            },
+        },
     }
 }
 
@@ -118,7 +128,7 @@ pub async fn truncate(service: &Service, alias: &str, settings: Option<&Path>) -
 }
 
 /// Creates `<alias>_<UTC time>` with the settings file's settings and mappings, with the alias
-/// when `with_alias`. Returns its name.
+/// (as its write index) when `with_alias`. Returns its name.
 async fn create_physical(
     service: &Service,
     alias: &str,
@@ -128,7 +138,10 @@ async fn create_physical(
     let physical = format!("{alias}_{}", chrono::Utc::now().format("%Y%m%d%H%M%S%3f"));
     let mut body = read_settings(settings).map_err(|e| Unrecoverable(format!("{e:#}")))?;
     if with_alias {
-        body["aliases"] = json!({ alias: {} });
+        // As the alias's write index: a second create for the same alias (a retry of one that
+        // timed out but went through) is then refused instead of putting two indexes behind the
+        // alias, which takes no writes.
+        body["aliases"] = json!({ alias: {"is_write_index": true} });
     }
     let reply = service
         .send(
