@@ -179,9 +179,10 @@ async fn session(
     let stop = loop {
         // What the replication client has at hand is routed into the sinks' pending runs
         // without waiting; before waiting for more, whole transactions are handed to the sinks
-        // (see `Router::flush`), at most once per `FLUSH_LINGER`. So a burst of one-row
-        // transactions costs one wake-up of each sink per millisecond, not one per transaction.
-        let next = {
+        // (see `Router::flush`), at most once per `FLUSH_LINGER`: in between, the source's thread
+        // sleeps (`Next::Linger`). So a burst of one-row transactions costs one wake-up of this
+        // thread and of each sink per millisecond, not several per transaction.
+        let next = 'next: {
             let mut recv = std::pin::pin!(client.recv());
             match (at_hand < crate::router::RUN_MAX)
                 .then(|| recv.as_mut().now_or_never())
@@ -189,9 +190,14 @@ async fn session(
             {
                 Some(ev) => Next::Event(ev),
                 None => {
+                    // Nothing at hand (rather than a full run's worth handled since the last look).
+                    let drained = at_hand < crate::router::RUN_MAX;
                     at_hand = 0;
                     let now = tokio::time::Instant::now();
                     let plan = hand_over(router.has_commits(), flushed_at, now);
+                    if let (HandOver::At(due), true) = (plan, drained) {
+                        break 'next Next::Linger(due);
+                    }
                     let flushed = async {
                         if plan == HandOver::Now {
                             router.flush().await.map_err(fatal)?;
@@ -207,16 +213,11 @@ async fn session(
                             if plan == HandOver::Now {
                                 flushed_at = tokio::time::Instant::now();
                             }
-                            let linger = match plan {
-                                HandOver::At(due) => Some(due),
-                                HandOver::Now | HandOver::Nothing => None,
-                            };
                             tokio::select! {
                                 biased;
                                 _ = shutdown.changed() => Next::Shutdown,
                                 _ = tick.tick() => Next::Tick,
                                 ev = recv => Next::Event(ev),
-                                _ = tokio::time::sleep_until(linger.unwrap_or(now)), if linger.is_some() => Next::Flush,
                             }
                         }
                     }
@@ -225,13 +226,15 @@ async fn session(
         };
         let ev = match next {
             Next::Shutdown => break Stop::Shutdown,
-            Next::Flush => {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.changed() => break Stop::Shutdown,
-                    r = router.flush() => r.map_err(fatal)?,
-                }
-                flushed_at = tokio::time::Instant::now();
+            Next::Linger(due) => {
+                // Transactions arrive faster than one per millisecond. This thread serves only
+                // the source (the replication client's worker and this loop), so it sleeps out the
+                // rest of the millisecond as a whole: the kernel gathers what the server sends
+                // meanwhile, and the worker reads it in a few large reads instead of waking and
+                // reading (and acknowledging on TCP) per packet. Then the worker runs once, and
+                // the loop routes what it read and hands it over.
+                std::thread::sleep(due.saturating_duration_since(tokio::time::Instant::now()));
+                tokio::task::yield_now().await;
                 continue;
             }
             Next::Tick => {
@@ -325,16 +328,18 @@ async fn session(
 enum Next {
     Event(Result<Option<ReplicationEvent>, pgwire_replication::PgWireError>),
     Tick,
-    /// Transactions wait in the pending runs and their linger is over.
-    Flush,
+    /// Transactions wait in the pending runs until this hand-over.
+    Linger(tokio::time::Instant),
     Shutdown,
 }
 
 /// How long routed transactions may wait for more before they are handed to the sinks, when
 /// transactions arrive faster than this. Each hand-over wakes every sink's thread: at 40,000
 /// one-row transactions/s, a hand-over per transaction cost a sixth of cdc's CPU in wake-ups
-/// (perf, `scripts/bench/source.sh` shape 2). A transaction arriving after a quiet millisecond
-/// is handed over at once, so a trickle gains no latency; a burst gains at most this.
+/// (perf, `scripts/bench/source.sh` shape 2); and the source's own thread, woken per packet to
+/// read a transaction or two, spent half of cdc's CPU in reads, TCP acknowledgements and
+/// wake-ups. A transaction arriving after a quiet millisecond is handed over at once, so a
+/// trickle gains no latency; a burst gains at most this.
 const FLUSH_LINGER: Duration = Duration::from_millis(1);
 
 /// When the routed transactions go to the sinks, once nothing more is at hand.
