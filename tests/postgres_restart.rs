@@ -189,22 +189,15 @@ async fn ready_says_why_the_slot_cannot_be_read_while_postgres_is_down() {
     )
     .await;
     let mut cdc = setup.run();
+    let base = format!("http://127.0.0.1:{admin}");
     // `/ready`'s source section once it satisfies `pred` (the probe reads the slot every 5 s).
-    let source_when = |what: &'static str, pred: fn(&serde_json::Value) -> bool| async move {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut last = serde_json::Value::Null;
-        while Instant::now() < deadline {
-            if let Ok(response) = reqwest::get(format!("http://127.0.0.1:{admin}/ready")).await {
-                let body = response.bytes().await.expect("/ready answers");
-                last =
-                    serde_json::from_slice::<serde_json::Value>(&body).expect("/ready answers JSON")["source"].take();
-                if pred(&last) {
-                    return last;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+    let source_when = |what: &'static str, pred: fn(&serde_json::Value) -> bool| {
+        let base = base.clone();
+        async move {
+            let (_, mut body) =
+                support::ready::wait_ready(&base, Duration::from_secs(60), what, |_, b| pred(&b["source"])).await;
+            body["source"].take()
         }
-        panic!("/ready never showed {what}; last source section: {last}");
     };
     source_when("the slot read while streaming", |s| {
         s["status"] == "streaming" && s["slot_wal_status"].is_string() && s["slot_error"].is_null()

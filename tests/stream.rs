@@ -54,16 +54,9 @@ impl Running {
 
     /// Waits for `/ready` to answer 200 (streaming, every sink ok); returns its body.
     async fn wait_ready(&self) -> Value {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if let Ok(r) = reqwest::get(format!("{}/ready", self.base)).await {
-                if r.status() == 200 {
-                    return serde_json::from_str(&r.text().await.unwrap()).unwrap();
-                }
-            }
-            assert!(Instant::now() < deadline, "/ready never answered 200");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        support::ready::wait_ready(&self.base, WAIT, "200", |status, _| status == 200)
+            .await
+            .1
     }
 
     /// `GET /events?{query}` with a bearer token (None: no Authorization header).

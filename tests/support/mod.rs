@@ -29,6 +29,7 @@
 
 pub mod metrics;
 pub mod proxy;
+pub mod ready;
 pub mod receiver;
 pub mod search;
 
