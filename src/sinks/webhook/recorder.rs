@@ -56,15 +56,16 @@ async fn write(db: Postgres, sink: String, mut rx: mpsc::Receiver<Attempt>) {
         // Attempts are diagnostics: failing to record them (Postgres restarting) must neither
         // stop nor slow deliveries; the connection is reopened for the next group.
         let recorded = match db.client().await {
-            Ok(client) => {
-                let trim = untrimmed >= TRIM_EVERY;
-                let written = attempts::insert(&client, &sink, &group).await;
-                match written {
-                    Ok(()) if trim => attempts::trim(&client, &sink).await.map(|()| untrimmed = 0),
-                    other => other,
+            Ok(client) => async {
+                attempts::insert(&client, &sink, &group).await?;
+                if untrimmed >= TRIM_EVERY {
+                    attempts::trim(&client, &sink).await?;
+                    untrimmed = 0;
                 }
-                .map_err(anyhow::Error::from)
+                Ok(())
             }
+            .await
+            .map_err(|e: tokio_postgres::Error| anyhow::Error::from(e)),
             Err(e) => Err(e),
         };
         if let Err(e) = recorded {
