@@ -4,6 +4,7 @@
 #
 #   scripts/bench/webhook.sh              # N=200000 events per throughput run
 #   N=500000 scripts/bench/webhook.sh
+#   MODE=latency scripts/bench/webhook.sh # only 2. below
 #   MODE=fanout scripts/bench/webhook.sh  # only 3. below: CPU per event, 1 endpoint vs ENDPOINTS
 #
 # 1. Throughput: N rows inserted in one transaction while cdc is stopped, then `cdc run` drains
@@ -164,6 +165,10 @@ if [[ "${MODE:-}" == fanout ]]; then
   ENDPOINTS=${ENDPOINTS:-100}
   echo "== webhook fan-out, $FANOUT_N events, 1 and $ENDPOINTS endpoints on 127.0.0.1:$PORT"
   fanout
+  exit 0
+fi
+if [[ "${MODE:-}" == latency ]]; then
+  latency
   exit 0
 fi
 echo "== webhook sink, $N events per throughput run, receiver on 127.0.0.1:$PORT"
