@@ -70,22 +70,30 @@ index = "bench_events"
 TOML
 "$cdc" --config "$work/cdc.toml" setup >/dev/null
 
+node_pid="$CDC_TEST_SEARCH_PID"
+node_cpu() { awk -v tck="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / tck }' "/proc/$node_pid/stat"; }
 rate_of() { awk '/^docs\/s/ {print $2}'; }
 secs_of() { awk '/^seconds/ {print $2}'; }
 
 echo "== the node's direct capacity: parallel_bulk of $rows prepared documents"
+n0=$(node_cpu)
 direct=$("$venv/bin/python" "$root/scripts/bench/rebuild_python.py" direct "$node" bench_direct "$rows")
+node_direct=$(echo "$(node_cpu) - $n0" | bc -l)
 curl -fsS -X DELETE "$node/bench_direct" >/dev/null
 
 echo "== the Python loader: server-side psycopg cursor → helpers.bulk"
+n0=$(node_cpu)
 python=$("$venv/bin/python" "$root/scripts/bench/rebuild_python.py" loader "$url" "$node" bench_python)
+node_python=$(echo "$(node_cpu) - $n0" | bc -l)
 curl -fsS -X DELETE "$node/bench_python" >/dev/null
 
 echo "== cdc rebuild-index --parallel $parallel"
+n0=$(node_cpu)
 start=$(date +%s.%N)
 /usr/bin/time -f "%M %U %S" -o "$work/rss" "$cdc" --config "$work/cdc.toml" rebuild-index --table public.events \
   --parallel "$parallel" >"$work/summary" 2>"$work/cdc.log"
 wall=$(echo "$(date +%s.%N) - $start" | bc -l)
+node_cdc=$(echo "$(node_cpu) - $n0" | bc -l)
 count=$(curl -fsS "$node/bench_events/_count" | python3 -c 'import json,sys; print(json.load(sys.stdin)["count"])')
 [ "$count" = "$rows" ] || { echo "the index holds $count documents, not $rows"; cat "$work/cdc.log"; exit 1; }
 
@@ -95,8 +103,8 @@ direct_rate=$(echo "$direct" | rate_of)
 echo
 cat "$work/summary"
 read -r rss user sys <"$work/rss"
-printf "cdc rebuild-index, %d rows:    %8.0f rows/s  (%.1f s wall, peak RSS %d kB, cdc CPU %.1f s)\n" "$rows" "$cdc_rate" "$wall" "$rss" "$(echo "$user + $sys" | bc -l)"
-printf "Python loader (psycopg+bulk):  %8.0f docs/s  (%.1f s)\n" "$python_rate" "$(echo "$python" | secs_of)"
-printf "node direct (parallel_bulk):   %8.0f docs/s  (%.1f s)\n" "$direct_rate" "$(echo "$direct" | secs_of)"
+printf "cdc rebuild-index, %d rows:    %8.0f rows/s  (%.1f s wall, peak RSS %d kB, cdc CPU %.1f s, node CPU %.1f s)\n" "$rows" "$cdc_rate" "$wall" "$rss" "$(echo "$user + $sys" | bc -l)" "$node_cdc"
+printf "Python loader (psycopg+bulk):  %8.0f docs/s  (%.1f s, node CPU %.1f s)\n" "$python_rate" "$(echo "$python" | secs_of)" "$node_python"
+printf "node direct (parallel_bulk):   %8.0f docs/s  (%.1f s, node CPU %.1f s)\n" "$direct_rate" "$(echo "$direct" | secs_of)" "$node_direct"
 printf "cdc / Python loader:           %8.2f\n" "$(echo "$cdc_rate / $python_rate" | bc -l)"
 printf "cdc / node direct:             %8.2f\n" "$(echo "$cdc_rate / $direct_rate" | bc -l)"
