@@ -105,7 +105,7 @@ fn raw(json: &[u8]) -> &RawValue {
 
 /// Stores the letters, retrying until Postgres takes them: acknowledging depends on it.
 pub async fn store(shared: &Shared, letters: Vec<Letter>) {
-    retry_forever(&shared.health, "storing dead letters in Postgres", || async {
+    retry_forever(shared, "storing dead letters in Postgres", || async {
         let client = shared.pg.client().await?;
         state::ensure_schema(&client).await?;
         let rows: Vec<dead_letters::NewDeadLetter> = letters

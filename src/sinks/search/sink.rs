@@ -30,7 +30,7 @@ use super::config::SearchConfig;
 use super::encoder::{self, Action, DocKey, Write};
 use super::request_builder::{self, Batch};
 use super::retry::{self, Outcome};
-use super::service::Service;
+use super::service::{SendError, Service};
 use super::{dead_letter, index, toast};
 use crate::checkpoint::Ack;
 use crate::config::TableMapping;
@@ -227,7 +227,7 @@ impl Sink {
         }
         let service = self.shared.service.clone();
         let settings = mapping.settings.clone();
-        retry_unless_unfixable(&self.shared.health, &format!("preparing index {alias}"), || {
+        retry_unless_unfixable(&self.shared, &format!("preparing index {alias}"), || {
             index::ensure(&service, alias, settings.as_deref())
         })
         .await?;
@@ -243,7 +243,7 @@ impl Sink {
         let service = self.shared.service.clone();
         let settings = mapping.settings.clone();
         tracing::info!(sink = %self.shared.name, table = %mapping.table, alias = %alias, "truncate: emptying the index");
-        retry_unless_unfixable(&self.shared.health, &format!("truncating index {alias}"), || {
+        retry_unless_unfixable(&self.shared, &format!("truncating index {alias}"), || {
             index::truncate(&service, alias, settings.as_deref())
         })
         .await?;
@@ -257,11 +257,9 @@ impl Sink {
 /// a request is too large.
 pub async fn deliver(shared: &Shared, actions: Vec<Action>, max_bytes: usize) {
     let actions = if actions.iter().any(|a| matches!(a.write, Write::IndexAfterRead { .. })) {
-        let read = retry_forever(
-            &shared.health,
-            "reading back unchanged TOAST values from Postgres",
-            || async { toast::read_back(&*shared.pg.client().await?, actions.clone()).await },
-        )
+        let read = retry_forever(shared, "reading back unchanged TOAST values from Postgres", || async {
+            toast::read_back(&*shared.pg.client().await?, actions.clone()).await
+        })
         .await;
         if let Some((first, why)) = read.unreadable.first() {
             tracing::warn!(sink = %shared.name, index = %first.doc.index, "{} update(s) whose unchanged TOAST values cannot be read back, stored as dead letters; the first ({}): {why}", read.unreadable.len(), first.doc.id);
@@ -435,29 +433,30 @@ async fn settle(shared: &Shared, actions: Vec<Action>, outcomes: Vec<Outcome>) -
 }
 
 /// Runs `op` until it succeeds, backing off, logging only when the state changes.
-pub async fn retry_forever<T, F, Fut>(health: &Health, what: &str, op: F) -> T
+pub async fn retry_forever<T, F, Fut>(shared: &Shared, what: &str, op: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    match retry_until(health, what, |_| false, op).await {
+    match retry_until(shared, what, |_| false, op).await {
         Ok(value) => value,
         Err(_) => unreachable!("an error that ends the retries is never given here"),
     }
 }
 
 /// [`retry_forever`], except that an [`Unrecoverable`](crate::retry::Unrecoverable) error is returned at once.
-async fn retry_unless_unfixable<T, F, Fut>(health: &Health, what: &str, op: F) -> anyhow::Result<T>
+async fn retry_unless_unfixable<T, F, Fut>(shared: &Shared, what: &str, op: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<T>>,
 {
-    retry_until(health, what, crate::retry::is_unrecoverable, op).await
+    retry_until(shared, what, crate::retry::is_unrecoverable, op).await
 }
 
-/// Runs `op` until it succeeds or fails in a way `ends` says retrying cannot fix.
+/// Runs `op` until it succeeds or fails in a way `ends` says retrying cannot fix. After a
+/// failure because the node did not answer, the wait ends early once it answers again.
 async fn retry_until<T, F, Fut>(
-    health: &Health,
+    shared: &Shared,
     what: &str,
     ends: impl Fn(&anyhow::Error) -> bool,
     mut op: F,
@@ -468,15 +467,23 @@ where
 {
     let mut attempt = 0u32;
     loop {
-        match op().await {
+        let unreachable = match op().await {
             Ok(value) => {
-                health.healthy();
+                shared.health.healthy();
                 return Ok(value);
             }
             Err(e) if ends(&e) => return Err(e.context(what.to_string())),
-            Err(e) => health.failing(what, &format!("{what}: {e:#}")),
+            Err(e) => {
+                shared.health.failing(what, &format!("{what}: {e:#}"));
+                e.chain().any(|cause| cause.is::<SendError>())
+            }
+        };
+        let wait = crate::retry::backoff(FIRST_RETRY, attempt);
+        if unreachable {
+            wait_unless_back(&shared.service, wait).await;
+        } else {
+            tokio::time::sleep(wait).await;
         }
-        tokio::time::sleep(crate::retry::backoff(FIRST_RETRY, attempt)).await;
         attempt = attempt.saturating_add(1);
     }
 }
