@@ -16,10 +16,10 @@ fn parse_lsn(s: &str) -> Result<Lsn, String> {
 
 const EXAMPLES: &str = "\
 Examples:
-  cdc check                      validate cdc.toml and the database before the first run
-  cdc setup                      create the publication and the replication slot
-  cdc run                        stream changes to the configured sinks until SIGTERM
-  cdc rebuild-index --all        rebuild every search index from a snapshot, swapped in without downtime
+  cdc check                          validate cdc.toml and the database before the first run
+  cdc setup                          create the publication and the replication slot
+  cdc run                            stream changes to the configured sinks until SIGTERM
+  cdc rebuild-index --all            rebuild every search index aside, swap it in without downtime
   cdc verify --table public.events   compare an index with its table (exit 1 when they differ)
   cdc --config /etc/cdc.toml run
   CDC_CONFIG=/etc/cdc.toml RUST_LOG=cdc=debug cdc run";
