@@ -369,12 +369,7 @@ async fn send(shared: &Shared, mut actions: Vec<Action>) -> Option<[Vec<Action>;
                 }
             }
         }
-        let wait = crate::retry::backoff(FIRST_RETRY, attempt);
-        if unreachable {
-            wait_unless_back(&shared.service, wait).await;
-        } else {
-            tokio::time::sleep(wait).await;
-        }
+        wait_before_retry(&shared.service, attempt, unreachable).await;
         attempt = attempt.saturating_add(1);
     }
     None
@@ -478,12 +473,7 @@ where
                 e.chain().any(|cause| cause.is::<SendError>())
             }
         };
-        let wait = crate::retry::backoff(FIRST_RETRY, attempt);
-        if unreachable {
-            wait_unless_back(&shared.service, wait).await;
-        } else {
-            tokio::time::sleep(wait).await;
-        }
+        wait_before_retry(&shared.service, attempt, unreachable).await;
         attempt = attempt.saturating_add(1);
     }
 }
@@ -495,10 +485,16 @@ const FIRST_RETRY: Duration = Duration::from_millis(200);
 /// node answers again.
 const BACK_PROBE: Duration = Duration::from_secs(1);
 
-/// Waits `wait`, or until the node answers again (any HTTP reply to `GET /`), whichever comes
-/// first. After a long outage the backoff reaches 30 s; without this a request would sit out
-/// the rest of it while the node was already back.
-async fn wait_unless_back(service: &Service, wait: Duration) {
+/// Waits out the backoff of retry `attempt`. When the node was unreachable, the wait ends as soon
+/// as it answers again (any HTTP reply to `GET /`, asked every `BACK_PROBE`): after a long outage
+/// the backoff reaches 30 s, and without this a request would sit out the rest of it while the
+/// node was already back.
+async fn wait_before_retry(service: &Service, attempt: u32, unreachable: bool) {
+    let wait = crate::retry::backoff(FIRST_RETRY, attempt);
+    if !unreachable {
+        tokio::time::sleep(wait).await;
+        return;
+    }
     let until = Instant::now() + wait;
     loop {
         let next = (Instant::now() + BACK_PROBE).min(until);
