@@ -2,7 +2,10 @@
 # Benchmark of `cdc rebuild-index`: a full rebuild of ROWS rows (6 columns, one ~200-byte text)
 # into a fresh OpenSearch node, against what users do today (a Python script: a server-side
 # psycopg cursor feeding opensearch-py's helpers.bulk) and the node's direct capacity
-# (parallel_bulk of documents prepared in memory, 4 threads). Prints numbers; it is not a test.
+# (parallel_bulk of documents prepared in memory, 4 threads), and the node's ceiling: bulk bodies in
+# cdc's form rendered before the clock starts and sent on 4 connections by a client that costs
+# almost nothing, into an index with the rebuild's settings. No loader, cdc included, can index
+# faster than that ceiling on the same machine. Prints numbers; it is not a test.
 #
 #   scripts/bench/rebuild.sh              # 1,000,000 rows
 #   ROWS=200000 scripts/bench/rebuild.sh  # smaller
@@ -87,6 +90,12 @@ python=$("$venv/bin/python" "$root/scripts/bench/rebuild_python.py" loader "$url
 node_python=$(echo "$(node_cpu) - $n0" | bc -l)
 curl -fsS -X DELETE "$node/bench_python" >/dev/null
 
+echo "== the node's ceiling: prepared bulk bodies on 4 connections"
+n0=$(node_cpu)
+ceiling=$("$venv/bin/python" "$root/scripts/bench/rebuild_python.py" ceiling "$node" bench_ceiling "$rows")
+node_ceiling=$(echo "$(node_cpu) - $n0" | bc -l)
+curl -fsS -X DELETE "$node/bench_ceiling" >/dev/null
+
 echo "== cdc rebuild-index --parallel $parallel"
 n0=$(node_cpu)
 start=$(date +%s.%N)
@@ -100,11 +109,15 @@ count=$(curl -fsS "$node/bench_events/_count" | python3 -c 'import json,sys; pri
 cdc_rate=$(echo "$rows / $wall" | bc -l)
 python_rate=$(echo "$python" | rate_of)
 direct_rate=$(echo "$direct" | rate_of)
+ceiling_rate=$(echo "$ceiling" | rate_of)
 echo
 cat "$work/summary"
 read -r rss user sys <"$work/rss"
 printf "cdc rebuild-index, %d rows:    %8.0f rows/s  (%.1f s wall, peak RSS %d kB, cdc CPU %.1f s, node CPU %.1f s)\n" "$rows" "$cdc_rate" "$wall" "$rss" "$(echo "$user + $sys" | bc -l)" "$node_cdc"
 printf "Python loader (psycopg+bulk):  %8.0f docs/s  (%.1f s, node CPU %.1f s)\n" "$python_rate" "$(echo "$python" | secs_of)" "$node_python"
 printf "node direct (parallel_bulk):   %8.0f docs/s  (%.1f s, node CPU %.1f s)\n" "$direct_rate" "$(echo "$direct" | secs_of)" "$node_direct"
+printf "node ceiling (prepared bodies): %7.0f docs/s  (%.1f s, node CPU %.1f s, client CPU %s s)\n" "$ceiling_rate" "$(echo "$ceiling" | secs_of)" "$node_ceiling" "$(echo "$ceiling" | awk '/^client_cpu/ {print $2}')"
 printf "cdc / Python loader:           %8.2f\n" "$(echo "$cdc_rate / $python_rate" | bc -l)"
+printf "node ceiling / Python loader:  %8.2f  (about the most any loader can reach in this run)\n" "$(echo "$ceiling_rate / $python_rate" | bc -l)"
+printf "cdc / node ceiling:            %8.2f\n" "$(echo "$cdc_rate / $ceiling_rate" | bc -l)"
 printf "cdc / node direct:             %8.2f\n" "$(echo "$cdc_rate / $direct_rate" | bc -l)"

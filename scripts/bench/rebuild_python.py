@@ -4,8 +4,12 @@
                                                    # cursor feeding opensearch-py's helpers.bulk
   python rebuild_python.py direct NODE INDEX ROWS  # the node's direct capacity: parallel_bulk of
                                                    # documents prepared in memory beforehand
+  python rebuild_python.py ceiling NODE INDEX ROWS # the node's ceiling: bulk bodies rendered in
+                                                   # memory beforehand, in cdc's form, sent on 4
+                                                   # connections by a client that does almost nothing
 
-Each prints `docs/s <n>` and `seconds <s>`. The documents have the fields and values cdc indexes
+Each prints `docs/s <n>` and `seconds <s>`; the ceiling also prints `client_cpu <s>`, its own CPU
+seconds while sending, to show that the node alone set its pace. The documents have the fields and values cdc indexes
 from the table (timestamps in cdc's UTC form).
 """
 
@@ -87,8 +91,57 @@ def direct(node, index, rows):
     finish(client, index, rows, start)
 
 
+def ceiling(node, index, rows):
+    """How fast the node indexes these documents when the client costs it nothing: the fastest any
+    loader, cdc included, can go on this machine. The index has the settings cdc's rebuild gives
+    its new index, the bulk lines are cdc's (external versions), and the bodies are rendered
+    before the clock starts, so the client only writes bytes to sockets and reads short replies."""
+    import http.client
+    import json
+    import threading
+    from urllib.parse import urlsplit
+
+    client = OpenSearch(node, timeout=120)
+    client.indices.create(
+        index=index, body={"settings": {"refresh_interval": "-1", "number_of_replicas": 0, "gc_deletes": "24h"}}
+    )
+    bodies = []
+    for first in range(1, rows + 1, 1000):
+        lines = []
+        for i in range(first, min(first + 1000, rows + 1)):
+            action = {"index": {"_index": index, "_id": str(i), "version": 1, "version_type": "external_gte"}}
+            lines.append(json.dumps(action, separators=(",", ":")))
+            lines.append(json.dumps(document(i), separators=(",", ":")))
+        bodies.append(("\n".join(lines) + "\n").encode())
+    where = urlsplit(node)
+    failures = []
+
+    def send(share):
+        conn = http.client.HTTPConnection(where.hostname, where.port, timeout=120)
+        for body in share:
+            conn.request("POST", "/_bulk?filter_path=errors", body, {"Content-Type": "application/x-ndjson"})
+            reply = conn.getresponse().read()
+            if b'"errors":false' not in reply:
+                failures.append(reply[:500])
+
+    threads = [threading.Thread(target=send, args=(bodies[k::4],)) for k in range(4)]
+    start = time.monotonic()
+    cpu = time.process_time()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    client_cpu = time.process_time() - cpu
+    if failures:
+        sys.exit(f"ceiling load: {len(failures)} bulk requests failed, e.g. {failures[0]!r}")
+    finish(client, index, rows, start)
+    print(f"client_cpu {client_cpu:.2f}")
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "loader":
         loader(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif sys.argv[1] == "ceiling":
+        ceiling(sys.argv[2], sys.argv[3], int(sys.argv[4]))
     else:
         direct(sys.argv[2], sys.argv[3], int(sys.argv[4]))
