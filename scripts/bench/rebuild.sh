@@ -17,6 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
+. "$root/scripts/bench/lib.sh"
 rows=${ROWS:-1000000}
 parallel=${PARALLEL:-4}
 
@@ -74,7 +75,7 @@ TOML
 "$cdc" --config "$work/cdc.toml" setup >/dev/null
 
 node_pid="$CDC_TEST_SEARCH_PID"
-node_cpu() { awk -v tck="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / tck }' "/proc/$node_pid/stat"; }
+node_cpu() { cpu_seconds "$node_pid"; }
 rate_of() { awk '/^docs\/s/ {print $2}'; }
 secs_of() { awk '/^seconds/ {print $2}'; }
 

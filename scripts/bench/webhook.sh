@@ -25,6 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$(pwd)
+. "$root/scripts/bench/lib.sh"
 N=${N:-200000}
 PORT=${PORT:-9099}
 
@@ -71,9 +72,6 @@ TOML
   "$cdc" --config "$work/cdc.toml" setup >/dev/null
 }
 
-cpu_seconds() {  # utime + stime of a live process, in seconds
-  awk -v tck="$(getconf CLK_TCK)" '{ sub(/^.*\) /, ""); print ($12 + $13) / tck }' "/proc/$1/stat"
-}
 
 start_receiver() {
   "$receiver" --port "$PORT" --idle 3 --give-up 120 > "$work/receiver.json" &
