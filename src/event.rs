@@ -237,6 +237,10 @@ pub struct Event {
     /// columns when the key changed under the default identity, otherwise None.
     pub old: Option<Row>,
     pub new: Option<Row>,
+    /// For a routed change that altered the key: the key after it. The mapping's projection may
+    /// have dropped key columns from `new`, and a search document must still move to its new id.
+    /// None otherwise (the key did not change, or `new` holds it: source events).
+    pub new_key: Option<Row>,
     /// Columns whose value changed. None when it cannot be known exactly (the old row was not
     /// sent: the table does not have REPLICA IDENTITY FULL).
     pub changed: Option<Vec<Arc<str>>>,
@@ -270,6 +274,7 @@ impl Event {
             key,
             old,
             new,
+            new_key: None,
             changed,
             lsn: position.lsn,
             commit_lsn: position.commit_lsn,
@@ -296,6 +301,7 @@ impl Event {
             key,
             old,
             new,
+            new_key: None,
             changed,
             lsn: self.lsn,
             commit_lsn: self.commit_lsn,
@@ -309,8 +315,31 @@ impl Event {
 
     /// Whether an update changed the key: Some(true) when the old key is known and differs.
     pub fn key_changed(&self) -> Option<bool> {
+        if self.new_key.is_some() {
+            return Some(true);
+        }
         let (key, new) = (self.key.as_ref()?, self.new.as_ref()?);
-        Some(key.0.iter().any(|(name, value)| new.get(name) != Some(value)))
+        // A key column missing from `new` was projected out unchanged (a change sets `new_key`).
+        Some(
+            key.0
+                .iter()
+                .any(|(name, value)| new.get(name).is_some_and(|v| v != value && !v.is_unchanged_toast())),
+        )
+    }
+
+    /// Key column `name`'s value after the change: the new key's, else the new row's, else the
+    /// key's (it did not change).
+    pub fn key_value_after(&self, name: &str) -> Option<&Value> {
+        let key_after = self.new_key.as_ref().and_then(|k| k.get(name));
+        let from_new = || {
+            self.new
+                .as_ref()
+                .and_then(|n| n.get(name))
+                .filter(|v| !v.is_unchanged_toast())
+        };
+        key_after
+            .or_else(from_new)
+            .or_else(|| self.key.as_ref().and_then(|k| k.get(name)))
     }
 
     pub fn position(&self) -> Position {

@@ -243,9 +243,6 @@ pub fn route(event: &Event, mapping: &TableMapping) -> Option<Event> {
         .changed
         .as_ref()
         .map(|c| c.iter().filter(|name| mapping.keeps(name)).cloned().collect::<Vec<_>>());
-    if op == Op::Update && changed.as_ref().is_some_and(|c| c.is_empty()) && event.key_changed() != Some(true) {
-        return None;
-    }
     let key = match &mapping.key {
         None => event.key.clone(),
         Some(columns) => {
@@ -263,8 +260,40 @@ pub fn route(event: &Event, mapping: &TableMapping) -> Option<Event> {
             })
         }
     };
+    let new_key = match op {
+        Op::Delete => None,
+        _ => key_after(key.as_ref(), event.new.as_ref()),
+    };
+    // An update of columns the projection drops is not sent, unless it moved the row to another
+    // key (the table's or the mapping's own `key`): receivers must learn where the row went.
+    if op == Op::Update
+        && changed.as_ref().is_some_and(|c| c.is_empty())
+        && new_key.is_none()
+        && event.key_changed() != Some(true)
+    {
+        return None;
+    }
     let new = if op == Op::Delete { None } else { project(&event.new) };
-    Some(event.with_rows(key, project(&event.old), new, changed, op))
+    let mut routed = event.with_rows(key, project(&event.old), new, changed, op);
+    routed.new_key = new_key;
+    Some(routed)
+}
+
+/// The key's columns as they are in the (unprojected) new row, when they differ from `key`: the
+/// projection may drop them from the routed row, and a sink must still learn where the row went.
+fn key_after(key: Option<&Row>, new: Option<&Row>) -> Option<Row> {
+    let (key, new) = (key?, new?);
+    let after = Row(key
+        .0
+        .iter()
+        .filter_map(|(name, _)| {
+            new.0
+                .iter()
+                .find(|(n, v)| n == name && !v.is_unchanged_toast())
+                .cloned()
+        })
+        .collect());
+    (after.0.len() == key.0.len() && after != *key).then_some(after)
 }
 
 #[cfg(test)]
@@ -360,6 +389,39 @@ mod tests {
         // without the old row the sink must assume the row may have been in the set
         assert_eq!(route(&update(None, draft, None), &m).unwrap().op, Op::Delete);
         assert_eq!(route(&update(None, published, None), &m).unwrap().op, Op::Update);
+    }
+
+    #[test]
+    fn a_key_change_the_projection_hides_is_still_sent_with_the_new_key() {
+        let mut m = mapping();
+        m.columns = Some(vec!["title".into()]);
+        let e = update(None, row(&[("id", Value::Int(2)), ("title", s("t"))]), None);
+        let routed = route(&e, &m).unwrap();
+        assert_eq!(routed.key, Some(row(&[("id", Value::Int(1))])));
+        assert_eq!(routed.new_key, Some(row(&[("id", Value::Int(2))])));
+        assert_eq!(routed.key_changed(), Some(true));
+
+        // The mapping's own key, changed by an update of nothing else the projection keeps.
+        let mut m = mapping();
+        m.key = Some(vec!["sku".into()]);
+        m.columns = Some(vec!["title".into()]);
+        let old = row(&[("id", Value::Int(1)), ("sku", s("A")), ("title", s("t"))]);
+        let new = row(&[("id", Value::Int(1)), ("sku", s("B")), ("title", s("t"))]);
+        let routed = route(&update(Some(old), new, Some(&["sku"])), &m).expect("the key change is sent");
+        assert_eq!(routed.key, Some(row(&[("sku", s("A"))])));
+        assert_eq!(routed.new_key, Some(row(&[("sku", s("B"))])));
+
+        // An unchanged key under the projection: no new key, and the event is not a key change.
+        let e = update(None, row(&[("id", Value::Int(1)), ("title", s("t"))]), None);
+        let routed = route(&e, &m_title_only()).unwrap();
+        assert_eq!(routed.new_key, None);
+        assert_eq!(routed.key_changed(), Some(false));
+    }
+
+    fn m_title_only() -> TableMapping {
+        let mut m = mapping();
+        m.columns = Some(vec!["title".into()]);
+        m
     }
 
     #[test]

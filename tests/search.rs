@@ -555,6 +555,41 @@ async fn composite_keys_custom_ids_and_projections_make_the_expected_documents()
     cdc.sigterm();
 }
 
+/// A projection without the key columns must not hide a key change (the document moves to its
+/// new id), and an id the node would refuse (empty, over 512 bytes) must become a dead letter
+/// instead of failing the bulk request of every other row with it.
+#[tokio::test]
+async fn hidden_key_changes_and_ids_the_node_refuses_leave_the_index_equal_to_the_table() {
+    let node = node_url();
+    let index = support::unique_name("titles");
+    let mappings =
+        format!("[[tables]]\ntable = \"titles\"\nsinks = [\"search\"]\nindex = \"{index}\"\ncolumns = [\"title\"]\n");
+    let ddl = "CREATE TABLE titles (id text PRIMARY KEY, title text);";
+    let s = setup("search_hidden_key", ddl, &node, "", &mappings, &[]).await;
+    let mut cdc = run(&s);
+    s.db.exec("INSERT INTO titles SELECT 'k' || g, 'title ' || g FROM generate_series(1, 30) g")
+        .await;
+    s.db.exec("INSERT INTO titles VALUES ('', 'empty'), (repeat('x', 600), 'long'), ('k31', 'same batch')")
+        .await;
+    s.db.exec("UPDATE titles SET id = id || '-moved' WHERE id IN ('k1', 'k2', 'k3')")
+        .await;
+    s.db.exec("UPDATE titles SET id = 'was-empty' WHERE id = ''").await;
+    s.db.exec("DELETE FROM titles WHERE id IN (repeat('x', 600), 'k3-moved')")
+        .await;
+    s.db.exec("INSERT INTO titles VALUES ('k32', 'after')").await;
+    let expected = "SELECT id, jsonb_build_object('title', title)::text FROM titles";
+    assert_index_equals_table(&node, &index, &s.db, expected, Duration::from_secs(60)).await;
+    wait_for_dead_letters(&s.db, 2).await;
+    let reasons = s.db.query_text("SELECT error FROM cdc.dead_letters").await;
+    assert!(
+        reasons.iter().all(|r| r[0]
+            .as_deref()
+            .is_some_and(|e| e.contains("search nodes accept 1 to 512 bytes"))),
+        "{reasons:?}"
+    );
+    cdc.sigterm();
+}
+
 #[tokio::test]
 async fn check_reports_the_node_and_each_alias() {
     let node = node_url();

@@ -62,7 +62,14 @@ pub enum EncodeError {
     NullId(String),
     #[error("the event has no key to derive a document id from")]
     NoKey,
+    /// The node refuses the whole bulk request for one such id (HTTP 400
+    /// `action_request_validation_exception`), so it must never reach a request.
+    #[error("the document id is {0} bytes long; search nodes accept 1 to 512 bytes (map `id` to shorter columns)")]
+    UnusableId(usize),
 }
+
+/// The longest `_id` Elasticsearch and OpenSearch accept, in bytes.
+const MAX_ID_BYTES: usize = 512;
 
 /// The alias a mapping writes to: `index`, or the table's name.
 pub fn index_name(mapping: &TableMapping) -> Arc<str> {
@@ -85,7 +92,7 @@ pub fn actions(event: &Arc<Event>, mapping: &TableMapping) -> Result<Vec<Action>
     match event.op {
         Op::Create | Op::Update => {
             let new = event.new.as_ref().ok_or(EncodeError::NoKey)?;
-            let id = doc_id(mapping, event, [Some(new), event.key.as_ref()])?;
+            let id = doc_id(mapping, event, [event.new_key.as_ref(), Some(new), event.key.as_ref()])?;
             let old_id = match event.op {
                 Op::Update => previous_id(mapping, event),
                 _ => None,
@@ -97,28 +104,30 @@ pub fn actions(event: &Arc<Event>, mapping: &TableMapping) -> Result<Vec<Action>
             out.push(action(id, document(new, event.old.as_ref())));
             Ok(out)
         }
-        Op::Delete => {
-            let id = doc_id(mapping, event, [event.key.as_ref(), event.old.as_ref()])?;
-            Ok(vec![action(id, Write::Delete)])
-        }
+        Op::Delete => match doc_id(mapping, event, [event.key.as_ref(), event.old.as_ref(), None]) {
+            Ok(id) => Ok(vec![action(id, Write::Delete)]),
+            // No document can have such an id: there is nothing to delete.
+            Err(EncodeError::UnusableId(_)) => Ok(Vec::new()),
+            Err(e) => Err(e),
+        },
         Op::Truncate => Ok(Vec::new()),
     }
 }
 
 /// The id an update's row had before it: known when the key changed (or the whole old row was
-/// sent); None means "the same as now".
+/// sent); None means "the same as now", or an id no document can have.
 fn previous_id(mapping: &TableMapping, event: &Event) -> Option<String> {
     match &mapping.id {
-        Some(_) => doc_id(mapping, event, [event.old.as_ref(), None]).ok(),
+        Some(_) => doc_id(mapping, event, [event.old.as_ref(), None, None]).ok(),
         None => event
             .key_changed()
             .filter(|changed| *changed)
-            .and_then(|_| doc_id(mapping, event, [event.key.as_ref(), None]).ok()),
+            .and_then(|_| doc_id(mapping, event, [event.key.as_ref(), None, None]).ok()),
     }
 }
 
 /// Joins the id columns' values with ':', taking each column from the first row that has it.
-fn doc_id(mapping: &TableMapping, event: &Event, rows: [Option<&Row>; 2]) -> Result<String, EncodeError> {
+fn doc_id(mapping: &TableMapping, event: &Event, rows: [Option<&Row>; 3]) -> Result<String, EncodeError> {
     let key_columns;
     let columns: Vec<&str> = match &mapping.id {
         Some(columns) => columns.iter().map(String::as_str).collect(),
@@ -142,6 +151,9 @@ fn doc_id(mapping: &TableMapping, event: &Event, rows: [Option<&Row>; 2]) -> Res
             id.push(':');
         }
         id.push_str(&text);
+    }
+    if id.is_empty() || id.len() > MAX_ID_BYTES {
+        return Err(EncodeError::UnusableId(id.len()));
     }
     Ok(id)
 }
@@ -341,6 +353,71 @@ mod tests {
                 missing: vec![Arc::from("body")]
             }
         );
+    }
+
+    #[test]
+    fn a_key_change_moves_the_document_even_when_the_projection_drops_the_key() {
+        let mut m = mapping();
+        m.columns = Some(vec!["title".into()]);
+        let source = event(
+            Op::Update,
+            Some(row(&[("id", Value::Int(1))])),
+            None,
+            Some(row(&[("id", Value::Int(2)), ("title", s("t"))])),
+        );
+        let routed = Arc::new(crate::router::route(&source, &m).unwrap());
+        assert_eq!(routed.new, Some(row(&[("title", s("t"))])));
+        let out = actions(&routed, &m).unwrap();
+        let ids: Vec<(&str, bool)> = out
+            .iter()
+            .map(|a| (a.doc.id.as_str(), a.write == Write::Delete))
+            .collect();
+        assert_eq!(ids, vec![("1", true), ("2", false)]);
+
+        // Without a key change the projected document keeps its id and deletes nothing.
+        let same = event(
+            Op::Update,
+            Some(row(&[("id", Value::Int(1))])),
+            None,
+            Some(row(&[("id", Value::Int(1)), ("title", s("u"))])),
+        );
+        let routed = Arc::new(crate::router::route(&same, &m).unwrap());
+        let ids: Vec<String> = actions(&routed, &m).unwrap().into_iter().map(|a| a.doc.id).collect();
+        assert_eq!(ids, vec!["1"]);
+    }
+
+    #[test]
+    fn an_id_the_node_would_refuse_is_an_error_and_its_delete_a_no_op() {
+        let long = "k".repeat(MAX_ID_BYTES + 1);
+        for key in [s(""), s(&long)] {
+            let create = event(
+                Op::Create,
+                Some(row(&[("id", key.clone())])),
+                None,
+                Some(row(&[("id", key.clone())])),
+            );
+            assert!(matches!(actions(&create, &mapping()), Err(EncodeError::UnusableId(_))));
+            let delete = event(Op::Delete, Some(row(&[("id", key.clone())])), None, None);
+            assert!(actions(&delete, &mapping()).unwrap().is_empty());
+            // Moving a row away from such a key deletes nothing and indexes the new id.
+            let moved = event(
+                Op::Update,
+                Some(row(&[("id", key)])),
+                None,
+                Some(row(&[("id", s("ok"))])),
+            );
+            let out = actions(&moved, &mapping()).unwrap();
+            assert_eq!(out.len(), 1);
+            assert_eq!(out[0].doc.id, "ok");
+        }
+        let longest = "k".repeat(MAX_ID_BYTES);
+        let e = event(
+            Op::Create,
+            Some(row(&[("id", s(&longest))])),
+            None,
+            Some(row(&[("id", s(&longest))])),
+        );
+        assert_eq!(actions(&e, &mapping()).unwrap()[0].doc.id, longest);
     }
 
     #[test]

@@ -98,12 +98,7 @@ impl TableRows {
             inputs: Vec::with_capacity(key.0.len()),
         };
         for (name, old) in &key.0 {
-            let value = event
-                .new
-                .as_ref()
-                .and_then(|new| new.get(name))
-                .filter(|v| !v.is_unchanged_toast())
-                .unwrap_or(old);
+            let value = event.key_value_after(name).unwrap_or(old);
             let i = self
                 .index_of(name)
                 .ok_or_else(|| format!("key column {name:?} is no longer in table {}", self.table))?;

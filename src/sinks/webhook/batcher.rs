@@ -184,9 +184,13 @@ fn row_key(table: &Arc<TableName>, key: &Row) -> RowKey {
 }
 
 /// The row's new key when the event moves it to another key (an update that changed the key,
-/// or the create a filter makes of one): the key columns' values in the new row. None when the
-/// key stays, or when the new row does not show every key column (a projection without them).
+/// or the create a filter makes of one): the router's `new_key` (set even when the projection
+/// dropped key columns from the new row), else the key columns' values in the new row. None when
+/// the key stays.
 pub fn moved_key(event: &Event) -> Option<Row> {
+    if let Some(new_key) = &event.new_key {
+        return Some(new_key.clone());
+    }
     let (key, new) = (event.key.as_ref()?, event.new.as_ref()?);
     let mut moved = false;
     let mut new_key = Vec::with_capacity(key.0.len());
