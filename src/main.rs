@@ -250,7 +250,7 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             // A lost slot is told apart: supervisors must not restart into it, and scripts can
             // run the way back the message gives.
-            if e.chain().any(|c| c.is::<cdc::source::errors::SlotLost>()) {
+            if cdc::source::errors::slot_gone(&e) {
                 ExitCode::from(3)
             } else {
                 ExitCode::FAILURE

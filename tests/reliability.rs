@@ -220,3 +220,49 @@ async fn a_wrong_password_ends_the_run_with_the_servers_message() {
     assert!(err.contains("password authentication failed"), "{err}");
     assert!(!err.contains("retrying in"), "no retry can fix a wrong password: {err}");
 }
+
+/// The slot is dropped between two sessions of one run (its connection broken, then
+/// `pg_drop_replication_slot` before cdc reconnects, as a teardown or a failover to a server
+/// without it would): recreating it would silently skip what was committed in between, so cdc
+/// stops with status 3 and the way back, and creates no slot.
+#[tokio::test]
+async fn a_slot_dropped_while_cdc_runs_ends_the_run_with_status_3_instead_of_a_silent_gap() {
+    let s = setup("slot_gone", "CREATE TABLE items (id int PRIMARY KEY);", "items").await;
+    let slot = s.db.name.clone();
+    let mut cdc = run(&s);
+    s.db.exec("INSERT INTO items VALUES (1)").await;
+    assert_eq!(cdc.next_events(1, Duration::from_secs(30))[0]["new"]["id"], 1);
+    // cdc reconnects after a backoff of a second or more: drop the slot as soon as its
+    // walsender has let go of it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        s.db.exec(&format!(
+            "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = '{slot}' AND active"
+        ))
+        .await;
+        if s.db
+            .try_exec(&format!("SELECT pg_drop_replication_slot('{slot}')"))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "could not drop the slot within 30 s");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    s.db.exec("INSERT INTO items VALUES (2)").await;
+    let status = cdc.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(3), "stderr:\n{}", cdc.stderr_text());
+    assert!(
+        cdc.stderr_text()
+            .contains("disappeared while cdc was streaming from it"),
+        "{}",
+        cdc.stderr_text()
+    );
+    let slots =
+        s.db.query_one_i64(&format!(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = '{slot}'"
+        ))
+        .await;
+    assert_eq!(slots, 0, "cdc must not create a new slot over the gap");
+}

@@ -9,6 +9,7 @@ use tokio_postgres::config::Host;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::{SourceConfig, TableMapping};
+use crate::event::Lsn;
 use crate::retry::Unrecoverable;
 use crate::source::identity::Identity;
 use crate::source::tls::{self, Tls};
@@ -142,12 +143,14 @@ async fn watch<F: std::future::Future<Output = Result<(), tokio_postgres::Error>
 
 /// Before streaming: `wal_level` must be logical and the publication must exist (`cdc setup`
 /// creates it); every mapping's key must be one Postgres sends with deletes. A missing slot is
-/// created here, so `cdc run` works on a database that only has the publication. Errors no
-/// retry can fix are [`Unrecoverable`].
+/// created here on the run's first connection, so `cdc run` works on a database that only has
+/// the publication; on a reconnect (`streamed_since`: the position this run confirmed) it is
+/// [`SlotGone`](crate::source::errors::SlotGone). Errors no retry can fix are [`Unrecoverable`].
 pub async fn preflight<'a>(
     catalog: &Client,
     source: &SourceConfig,
     mappings: impl IntoIterator<Item = &'a TableMapping>,
+    streamed_since: Option<Lsn>,
 ) -> anyhow::Result<()> {
     let wal_level: String = catalog.query_one("SHOW wal_level", &[]).await?.get(0);
     if wal_level != "logical" {
@@ -196,6 +199,13 @@ pub async fn preflight<'a>(
                 ))
                 .into());
             }
+        }
+        None if streamed_since.is_some() => {
+            return Err(crate::source::errors::SlotGone {
+                slot: source.slot.clone(),
+                confirmed: streamed_since.map(|lsn| lsn.to_string()).unwrap_or_default(),
+            }
+            .into());
         }
         None => {
             let row = catalog

@@ -23,10 +23,28 @@ pub struct SlotLost {
     pub confirmed: String,
 }
 
+/// The slot this run was streaming from is gone when it reconnects: dropped (`cdc teardown`,
+/// `pg_drop_replication_slot`) or a failover to a server that does not have it. Creating a new
+/// one, as a first start does, would silently skip every change committed in between, so
+/// `cdc run` stops instead, with status 3 like a lost slot.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "replication slot {slot:?} disappeared while cdc was streaming from it (dropped, or a failover to a server      without it); changes committed after its last confirmed position ({confirmed}) may never be streamed.      The way back: 1. `cdc setup` (creates a new slot: streaming resumes from that moment);      2. `cdc rebuild-index --all` to make the search indexes equal to the tables again;      3. resynchronise webhook receivers from the tables"
+)]
+pub struct SlotGone {
+    pub slot: String,
+    pub confirmed: String,
+}
+
+/// Whether the error says the slot's changes are gone (lost or dropped): `cdc run` exits 3.
+pub fn slot_gone(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.is::<SlotLost>() || c.is::<SlotGone>())
+}
+
 /// Whether retrying cannot help: cdc's own verdict, else the server's SQLSTATE. Errors without
 /// one (refused connections, resets, timeouts) are worth retrying.
 pub fn is_fatal(e: &anyhow::Error) -> bool {
-    if is_unrecoverable(e) || e.chain().any(|c| c.is::<SlotLost>()) {
+    if is_unrecoverable(e) || slot_gone(e) {
         return true;
     }
     sqlstate(e).is_some_and(|code| !heals(&code))

@@ -67,7 +67,10 @@ pub async fn run(
     stop_at: Option<Lsn>,
 ) -> anyhow::Result<Stop> {
     let target = Target::parse(&source.url)?;
-    let mut backoff = Backoff::new(Duration::from_secs(1));
+    let mut reconnect = Reconnect {
+        backoff: Backoff::new(Duration::from_secs(1)),
+        had_slot: false,
+    };
     loop {
         if *shutdown.borrow() {
             // Between sessions: what was delivered after the last status update is unconfirmed.
@@ -77,7 +80,7 @@ pub async fn run(
                 Stop::Shutdown
             });
         }
-        match session(source, router, sinks, checkpoint, shutdown, stop_at, &mut backoff).await {
+        match session(source, router, sinks, checkpoint, shutdown, stop_at, &mut reconnect).await {
             Ok(stop) => return Ok(stop),
             Err(SessionError::Fatal(e)) => {
                 crate::admin::metrics::global().source.connected.set(0);
@@ -112,7 +115,7 @@ pub async fn run(
                 metrics.source.connected.set(0);
                 metrics.source.standby.set(0);
                 metrics.source.reconnects.inc();
-                let wait = backoff.next_wait();
+                let wait = reconnect.backoff.next_wait();
                 tracing::error!("{}: {:#}; retrying in {}s", target.describe(), e, wait.as_secs());
                 tokio::select! {
                     _ = tokio::time::sleep(wait) => {}
@@ -121,6 +124,14 @@ pub async fn run(
             }
         }
     }
+}
+
+/// What one session leaves the next.
+struct Reconnect {
+    backoff: Backoff,
+    /// The slot existed (or was created) when this run first connected: a later session must
+    /// find it, since a new one would skip what was committed in between.
+    had_slot: bool,
 }
 
 enum SessionError {
@@ -143,12 +154,14 @@ async fn session(
     checkpoint: &mut Checkpoint,
     shutdown: &mut watch::Receiver<bool>,
     stop_at: Option<Lsn>,
-    backoff: &mut Backoff,
+    reconnect: &mut Reconnect,
 ) -> Result<Stop, SessionError> {
     let catalog = connection::catalog(&source.url).await.map_err(classify)?;
-    connection::preflight(&catalog, source, router.mappings())
+    let streamed_since = reconnect.had_slot.then(|| checkpoint.confirmable());
+    connection::preflight(&catalog, source, router.mappings(), streamed_since)
         .await
         .map_err(classify)?;
+    reconnect.had_slot = true;
 
     // The replication client's own stop position compares it with the server's WAL end on
     // every message, which passes it in the middle of a large transaction; cdc stops at
@@ -163,7 +176,7 @@ async fn session(
         tracing::warn!(slot = %source.slot, "took over the slot: the reader that held it is gone");
     }
     tracing::info!(slot = %source.slot, publication = %source.publication, "streaming from {}", target.describe());
-    backoff.reset();
+    reconnect.backoff.reset();
     metrics.source.connected.set(1);
 
     let mut relations = RelationCache::default();
