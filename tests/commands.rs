@@ -323,3 +323,231 @@ async fn run_on_a_cluster_without_logical_decoding_ends_with_the_fix() {
     );
     assert!(!err.contains("retrying in"), "no retry can fix wal_level: {err}");
 }
+
+/// An inheritance child has no primary key of its parent's: `cdc setup` publishes the mapped
+/// table ONLY, so the application's writes on the child keep working, and `cdc check` reports a
+/// published child (as a `cdc setup` without ONLY left it).
+#[tokio::test]
+async fn setup_publishes_only_the_mapped_table_not_its_inheritance_children() {
+    let db = new_database("setup_inherit").await;
+    db.exec(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         CREATE TABLE items_archive () INHERITS (items);
+         INSERT INTO items_archive VALUES (1, 'a');",
+    )
+    .await;
+    let dir = support::temp_dir();
+    let tables = "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\n";
+    let path = write_config(dir.path(), &config_for(&db.url, &db.name, tables));
+    let path = path.to_str().unwrap();
+    let out = support::cdc(&["--config", path, "setup"]);
+    assert!(out.status.success(), "{}", stderr_of(&out));
+    db.try_exec("UPDATE items_archive SET v = 'b'")
+        .await
+        .unwrap_or_else(|e| panic!("UPDATE of the inheritance child after cdc setup: {e}"));
+    assert_eq!(
+        db.query_opt_text("SELECT string_agg(tablename, ',') FROM pg_publication_tables")
+            .await
+            .as_deref(),
+        Some("items")
+    );
+    let check = support::cdc(&["--config", path, "check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", stdout_of(&check));
+
+    db.exec(&format!("ALTER PUBLICATION {} ADD TABLE items_archive", db.name))
+        .await;
+    assert!(db.try_exec("UPDATE items_archive SET v = 'c'").await.is_err());
+    let check = support::cdc(&["--config", path, "check"]);
+    let text = stdout_of(&check);
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    let problems: Vec<&str> = text.lines().filter(|l| l.starts_with("problem: ")).collect();
+    assert!(
+        problems.len() == 1
+            && problems[0].contains("public.items_archive has no primary key and no replica identity")
+            && problems[0].contains(&format!(
+                "ALTER PUBLICATION {} DROP TABLE ONLY \"public\".\"items_archive\"",
+                db.name
+            )),
+        "{text}"
+    );
+}
+
+/// A publication that keeps changes back (operations not published, a row filter, a column
+/// list) is refused by `cdc setup` (changing nothing), `cdc check` and `cdc run`, each saying
+/// what to run; the fix they name makes setup and check pass.
+#[tokio::test]
+async fn a_publication_that_keeps_changes_back_is_refused_with_the_fix() {
+    let db = new_database("pub_gaps").await;
+    let name = &db.name;
+    db.exec(&format!(
+        "CREATE TABLE items (id int PRIMARY KEY, title text);
+         CREATE PUBLICATION {name} FOR TABLE items WITH (publish = 'insert');"
+    ))
+    .await;
+    let dir = support::temp_dir();
+    let tables = "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\n";
+    let path = write_config(dir.path(), &config_for(&db.url, name, tables));
+    let path = path.to_str().unwrap();
+    let problems = |out: &std::process::Output| -> Vec<String> {
+        stdout_of(out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("problem: "))
+            .map(str::to_string)
+            .collect()
+    };
+
+    let setup = support::cdc(&["--config", path, "setup"]);
+    let err = stderr_of(&setup);
+    assert_eq!(setup.status.code(), Some(1), "{err}");
+    let publish_fix = format!("ALTER PUBLICATION {name} SET (publish = 'insert, update, delete, truncate')");
+    assert!(
+        err.contains("nothing was changed")
+            && err.contains(&format!("publication {name} does not publish update, delete, truncate"))
+            && err.contains(&publish_fix)
+            && err.contains("source.publication"),
+        "{err}"
+    );
+    assert_eq!(
+        db.query_one_i64("SELECT count(*) FROM pg_publication WHERE pubviaroot")
+            .await,
+        0,
+        "the publication was not changed"
+    );
+    assert_eq!(
+        db.query_one_i64("SELECT count(*) FROM pg_replication_slots WHERE slot_name = current_database()")
+            .await,
+        0,
+        "no slot was created"
+    );
+    let check = support::cdc(&["--config", path, "check"]);
+    assert_eq!(check.status.code(), Some(1), "{}", stdout_of(&check));
+    assert!(
+        problems(&check)
+            .iter()
+            .any(|p| p.contains("does not publish update, delete, truncate") && p.contains(&publish_fix)),
+        "{}",
+        stdout_of(&check)
+    );
+    let run = support::cdc_with_env_timeout(&["--config", path, "run"], &[], std::time::Duration::from_secs(60));
+    let err = stderr_of(&run);
+    assert!(!run.status.success(), "{err}");
+    assert!(err.contains(&publish_fix), "{err}");
+    assert!(!err.contains("retrying in"), "no retry can fix a publication: {err}");
+
+    db.exec(&publish_fix).await;
+    let rebuilt = format!(
+        "BEGIN; ALTER PUBLICATION {name} DROP TABLE \"public\".\"items\"; \
+         ALTER PUBLICATION {name} ADD TABLE ONLY \"public\".\"items\"; COMMIT;"
+    );
+    for (filtered, said) in [
+        (
+            "items WHERE (id > 10)",
+            "a row filter on public.items (WHERE (id > 10))",
+        ),
+        ("items (id)", "a column list on public.items (id)"),
+    ] {
+        db.exec(&format!("ALTER PUBLICATION {name} SET TABLE {filtered}")).await;
+        let setup = support::cdc(&["--config", path, "setup"]);
+        let err = stderr_of(&setup);
+        assert_eq!(setup.status.code(), Some(1), "{err}");
+        assert!(err.contains(said) && err.contains(&rebuilt), "{err}");
+        let check = support::cdc(&["--config", path, "check"]);
+        assert_eq!(check.status.code(), Some(1), "{}", stdout_of(&check));
+        assert!(
+            problems(&check)
+                .iter()
+                .any(|p| p.contains(said) && p.contains(&rebuilt)),
+            "{}",
+            stdout_of(&check)
+        );
+    }
+
+    db.exec(&rebuilt).await;
+    let setup = support::cdc(&["--config", path, "setup"]);
+    assert!(
+        setup.status.success() && stdout_of(&setup).contains("covers every mapped table"),
+        "{}{}",
+        stdout_of(&setup),
+        stderr_of(&setup)
+    );
+    let check = support::cdc(&["--config", path, "check"]);
+    assert_eq!(check.status.code(), Some(0), "{}", stdout_of(&check));
+}
+
+/// `--replica-identity-full` on a table a long transaction holds: ALTER TABLE would queue for
+/// its lock and block every query of the table meanwhile, so setup gives up within seconds,
+/// leaves the table as it was, and the other sessions' queries go on.
+#[tokio::test]
+async fn replica_identity_full_gives_up_on_a_busy_table_without_blocking_it() {
+    let db = new_database("setup_busy").await;
+    db.exec("CREATE TABLE items (id int PRIMARY KEY, v text); INSERT INTO items VALUES (1, 'a');")
+        .await;
+    let dir = support::temp_dir();
+    let tables = "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\n";
+    let path = write_config(dir.path(), &config_for(&db.url, &db.name, tables))
+        .to_str()
+        .unwrap()
+        .to_string();
+    let holder = support::connect(&db.url).await;
+    holder.batch_execute("BEGIN; SELECT * FROM items").await.unwrap();
+
+    let started = std::time::Instant::now();
+    let setup = tokio::task::spawn_blocking(move || {
+        support::cdc(&["--config", &path, "setup", "--replica-identity-full", "items"])
+    });
+    // Once setup's ALTER TABLE queues for the lock, a plain read of the table queues behind it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !setup.is_finished()
+        && db
+            .query_one_i64("SELECT count(*) FROM pg_locks WHERE relation = 'items'::regclass AND NOT granted")
+            .await
+            == 0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "setup's ALTER TABLE did not wait for the lock within 30 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let reader = support::connect(&db.url).await;
+    let read = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        reader.query_one("SELECT count(*) FROM items", &[]),
+    )
+    .await;
+    assert!(
+        matches!(read, Ok(Ok(_))),
+        "a read of the table stayed blocked while the long transaction is open"
+    );
+
+    let out = setup.await.unwrap();
+    let elapsed = started.elapsed();
+    let err = stderr_of(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("\"public\".\"items\" is busy: a long transaction holds a lock on it")
+            && err.contains("Nothing else was changed for public.items")
+            && err.contains("run `cdc setup` again when it is quiet"),
+        "{err}"
+    );
+    assert!(elapsed < std::time::Duration::from_secs(30), "setup took {elapsed:?}");
+    assert_eq!(
+        db.query_opt_text("SELECT relreplident::text FROM pg_class WHERE oid = 'items'::regclass")
+            .await
+            .as_deref(),
+        Some("d"),
+        "the replica identity is unchanged"
+    );
+    assert_eq!(db.query_one_i64("SELECT count(*) FROM pg_publication").await, 0);
+
+    holder.batch_execute("COMMIT").await.unwrap();
+    let path = dir.path().join("cdc.toml");
+    let again = support::cdc(&[
+        "--config",
+        path.to_str().unwrap(),
+        "setup",
+        "--replica-identity-full",
+        "items",
+    ]);
+    assert!(again.status.success(), "{}", stderr_of(&again));
+}

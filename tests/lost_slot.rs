@@ -1,6 +1,7 @@
-//! A slot Postgres invalidated: `cdc run` exits 3 with the way back, `cdc setup --recreate-slot`
-//! recreates it (and refuses a healthy slot), and streaming resumes. On a cluster of its own,
-//! since it sets max_slot_wal_keep_size, which would invalidate other tests' slots.
+//! A slot Postgres invalidated: `cdc check` reports it, `cdc run` exits 3 with the way back,
+//! `cdc setup --recreate-slot` recreates it (and refuses a healthy slot), and streaming resumes.
+//! On a cluster of its own, since it sets max_slot_wal_keep_size, which would invalidate other
+//! tests' slots.
 
 mod support;
 
@@ -107,6 +108,16 @@ async fn a_lost_slot_exits_3_with_the_way_back_and_recreate_slot_resumes() {
         }
         assert!(Instant::now() < deadline, "the slot is still {status:?}");
     }
+
+    let check = support::cdc(&["--config", config, "check"]);
+    let text = stdout_of(&check);
+    assert_eq!(check.status.code(), Some(1), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with("problem: slot cdc was invalidated by Postgres")
+                && l.contains("`cdc setup --recreate-slot`")),
+        "{text}"
+    );
 
     let run = support::cdc_with_env_timeout(&["--config", config, "run"], &[], Duration::from_secs(120));
     let err = stderr_of(&run);

@@ -5,8 +5,10 @@
 use tokio_postgres::Client;
 
 use crate::config::{Config, SinkConfig};
+use crate::event::TableName;
 use crate::source::connection;
 use crate::source::identity::Identity;
+use crate::source::publication;
 
 #[derive(Default)]
 pub struct Report {
@@ -121,13 +123,17 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
     let publication = &config.source.publication;
     let pub_row = c
         .query_opt(
-            "SELECT pubviaroot FROM pg_catalog.pg_publication WHERE pubname = $1",
+            "SELECT pubviaroot, pubupdate OR pubdelete FROM pg_catalog.pg_publication WHERE pubname = $1",
             &[publication],
         )
         .await?;
+    let mapped: Vec<&TableName> = config.tables.iter().map(|m| &m.table).collect();
     match &pub_row {
         None => r.problem(format!("publication {publication} does not exist: run `cdc setup`")),
         Some(row) => {
+            for gap in publication::gaps(c, publication, &mapped).await? {
+                r.problem(gap);
+            }
             let via_root: bool = row.get(0);
             if via_root {
                 r.ok(format!("publication {publication} exists"));
@@ -194,7 +200,35 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
                 .await?
                 .is_some();
             if !covered {
-                r.problem(format!("publication {publication} does not cover {table}: run `cdc setup` (or ALTER PUBLICATION {publication} ADD TABLE {})", table.quoted()));
+                r.problem(format!("publication {publication} does not cover {table}: run `cdc setup` (or ALTER PUBLICATION {publication} ADD TABLE ONLY {})", table.quoted()));
+            }
+        }
+    }
+
+    // The mapped tables were checked above; any other published table (an inheritance child
+    // published by a `cdc setup` that did not use ONLY, a table added by hand) without an
+    // identity makes the application's UPDATE and DELETE on it fail.
+    if pub_row.as_ref().is_some_and(|row| row.get::<_, bool>(1)) {
+        let published = c
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_catalog.pg_publication_tables WHERE pubname = $1 ORDER BY 1, 2",
+                &[publication],
+            )
+            .await?;
+        for row in published {
+            let table = TableName {
+                schema: row.get(0),
+                name: row.get(1),
+            };
+            if mapped.contains(&&table) {
+                continue;
+            }
+            if let Some(refusal) = Identity::read(c, &table).await?.and_then(|i| i.refusal()) {
+                r.problem(format!(
+                    "{refusal}; or, as no [[tables]] entry maps it (an inheritance child of a mapped table, published by an \
+                     older `cdc setup`?), take it out of publication {publication}: ALTER PUBLICATION {publication} DROP TABLE ONLY {}",
+                    table.quoted()
+                ));
             }
         }
     }
@@ -202,7 +236,8 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
     let slot = &config.source.slot;
     let slot_row = c
         .query_opt(
-            "SELECT plugin::text, active FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
+            "SELECT plugin::text, active, wal_status, coalesce(confirmed_flush_lsn::text, 'its last confirmed position') \
+             FROM pg_catalog.pg_replication_slots WHERE slot_name = $1",
             &[slot],
         )
         .await?;
@@ -210,7 +245,15 @@ async fn checks(config: &Config, c: &Client, r: &mut Report) -> anyhow::Result<(
         Some(row) => {
             let plugin: Option<String> = row.get(0);
             let active: bool = row.get(1);
-            if plugin.as_deref() != Some("pgoutput") {
+            let wal_status: Option<String> = row.get(2);
+            if wal_status.as_deref() == Some("lost") {
+                let confirmed: String = row.get(3);
+                r.problem(format!(
+                    "slot {slot} was invalidated by Postgres (wal_status lost; it held more WAL than max_slot_wal_keep_size allows): \
+                     the changes committed after {confirmed} are gone and `cdc run` exits 3. Fix: `cdc setup --recreate-slot`, \
+                     then `cdc rebuild-index --all` (see README, Lost slot)"
+                ));
+            } else if plugin.as_deref() != Some("pgoutput") {
                 r.problem(format!(
                     "slot {slot} uses plugin {plugin:?}, cdc needs pgoutput: `cdc teardown` then `cdc setup`"
                 ));

@@ -2,16 +2,23 @@
 //! slot, and cdc's own state schema; optionally sets REPLICA IDENTITY FULL on chosen tables.
 //! Safe to run again: it only adds what is missing.
 
+use std::time::Duration;
+
 use anyhow::{bail, Context};
+use tokio_postgres::error::SqlState;
 
 use crate::config::Config;
 use crate::event::{quote_ident, TableName};
 use crate::source::connection;
 use crate::source::identity::Identity;
+use crate::source::publication;
 use crate::state;
 
+/// How long `--replica-identity-full` waits for a table's lock before giving up.
+const LOCK_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub async fn run(config: &Config, replica_identity_full: &[String], recreate_slot: bool) -> anyhow::Result<()> {
-    let client = connection::catalog(&config.source.url).await?;
+    let mut client = connection::catalog(&config.source.url).await?;
     // Before changing anything: only a lost slot is recreated.
     let lost = if recreate_slot {
         lost_slot(&client, &config.source.slot).await?
@@ -23,6 +30,14 @@ pub async fn run(config: &Config, replica_identity_full: &[String], recreate_slo
     tables.sort();
     tables.dedup();
     let list = tables.iter().map(|t| t.quoted()).collect::<Vec<_>>().join(", ");
+    // ONLY: without it Postgres publishes every inheritance child too, and a child has no
+    // primary key of its parent's, so the application's UPDATE and DELETE on it would fail. A
+    // partitioned table's partitions are published through it all the same.
+    let only = tables
+        .iter()
+        .map(|t| format!("ONLY {}", t.quoted()))
+        .collect::<Vec<_>>()
+        .join(", ");
     let full: Vec<TableName> = replica_identity_full.iter().map(|t| TableName::parse(t)).collect();
 
     // Before changing anything: a published table without a replica identity makes the
@@ -36,6 +51,8 @@ pub async fn run(config: &Config, replica_identity_full: &[String], recreate_slo
             Some(identity) => refusals.extend(identity.refusal()),
         }
     }
+    // An existing publication that keeps changes back is someone's choice: said, not changed.
+    refusals.extend(publication::gaps(&client, publication, &tables).await?);
     if !refusals.is_empty() {
         bail!("nothing was changed:\n{}", refusals.join("\n"));
     }
@@ -55,12 +72,30 @@ pub async fn run(config: &Config, replica_identity_full: &[String], recreate_slo
             .iter()
             .map(|r| r.get(0))
             .collect();
+        // ALTER TABLE waits for ACCESS EXCLUSIVE, and every read and write of the table queues
+        // behind it meanwhile: behind a long transaction, that would stop the application. So
+        // it gives up after LOCK_TIMEOUT, and one transaction leaves the table and its
+        // partitions as they were.
+        let tx = client.transaction().await?;
+        tx.batch_execute(&format!("SET LOCAL lock_timeout = '{}ms'", LOCK_TIMEOUT.as_millis()))
+            .await?;
         for quoted in std::iter::once(table.quoted()).chain(partitions) {
-            client
+            if let Err(e) = tx
                 .batch_execute(&format!("ALTER TABLE {quoted} REPLICA IDENTITY FULL"))
                 .await
-                .with_context(|| format!("setting REPLICA IDENTITY FULL on {quoted}"))?;
+            {
+                if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) {
+                    bail!(
+                        "{quoted} is busy: a long transaction holds a lock on it (see pg_stat_activity), and setting \
+                         REPLICA IDENTITY FULL waits for every lock on the table while blocking its reads and writes, so cdc gave up \
+                         after {}s. Nothing else was changed for {table}; run `cdc setup` again when it is quiet",
+                        LOCK_TIMEOUT.as_secs()
+                    );
+                }
+                return Err(e).with_context(|| format!("setting REPLICA IDENTITY FULL on {quoted}"));
+            }
         }
+        tx.commit().await?;
         println!("{table}: REPLICA IDENTITY FULL (updates and deletes now carry the whole old row)");
     }
 
@@ -74,7 +109,7 @@ pub async fn run(config: &Config, replica_identity_full: &[String], recreate_slo
         None => {
             client
                 .batch_execute(&format!(
-                    "CREATE PUBLICATION {} FOR TABLE {list} WITH (publish_via_partition_root = true)",
+                    "CREATE PUBLICATION {} FOR TABLE {only} WITH (publish_via_partition_root = true)",
                     quote_ident(publication)
                 ))
                 .await
@@ -102,7 +137,7 @@ pub async fn run(config: &Config, replica_identity_full: &[String], recreate_slo
                 if present.is_none() {
                     client
                         .batch_execute(&format!(
-                            "ALTER PUBLICATION {} ADD TABLE {}",
+                            "ALTER PUBLICATION {} ADD TABLE ONLY {}",
                             quote_ident(publication),
                             table.quoted()
                         ))

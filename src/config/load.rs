@@ -12,7 +12,7 @@
 //! [source]
 //! url = "postgres://cdc:${CDC_PG_PASSWORD}@127.0.0.1:5432/app"   # required; a libpq URL or key=value string
 //! slot = "cdc"                # replication slot; lower case letters, digits and _; default "cdc"
-//! publication = "cdc"         # publication; default "cdc"
+//! publication = "cdc"         # publication; lower case letters, digits and _; default "cdc"
 //! status_interval = "1s"      # how often the confirmed position is reported; default "1s"
 //! warn_retained_wal = "5GB"   # warn when the slot holds more WAL than this; default "5GB"
 //! max_retained_wal = "20GB"   # /ready fails while the slot holds more; default none
@@ -535,7 +535,24 @@ impl Loader<'_> {
         };
         let publication = match table.get("publication") {
             None => Some("cdc".to_string()),
-            Some(publication) => self.non_empty_string(publication, "source.publication"),
+            // The replication protocol sends publication_names unquoted, so pgoutput folds the
+            // name to lower case and would not find one with capitals or other characters.
+            Some(publication) => self.non_empty_string(publication, "source.publication").filter(|publication| {
+                let valid = publication.len() <= 63
+                    && publication
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+                if !valid {
+                    self.problem(
+                        "source.publication",
+                        format!(
+                            "{publication:?} is not a valid publication name; use at most 63 lower case letters, digits and _ \
+                             (cdc run could not find another name: the replication protocol passes it unquoted)"
+                        ),
+                    );
+                }
+                valid
+            }),
         };
         let status_interval = match table.get("status_interval") {
             None => Some(Duration::from_secs(1)),
@@ -1629,6 +1646,22 @@ settings = "search/items.json"
              /etc/cdc/cdc.toml:3: source.publication: is empty\n\
              /etc/cdc/cdc.toml:4: source.status_interval: must be longer than zero, like \"1s\""
         );
+    }
+
+    #[test]
+    fn a_publication_name_must_be_one_pgoutput_finds() {
+        for name in ["My Pub", "CDC", "cdc-pub", &"p".repeat(64)] {
+            let text = MINIMAL.replace("[source]\n", &format!("[source]\npublication = {name:?}\n"));
+            assert_eq!(
+                errors(&text),
+                format!(
+                    "/etc/cdc/cdc.toml:2: source.publication: {name:?} is not a valid publication name; use at most 63 lower case \
+                     letters, digits and _ (cdc run could not find another name: the replication protocol passes it unquoted)"
+                )
+            );
+        }
+        let text = MINIMAL.replace("[source]\n", "[source]\npublication = \"cdc_orders_2\"\n");
+        assert_eq!(load_with(&text, &[]).unwrap().source.publication, "cdc_orders_2");
     }
 
     #[test]

@@ -9,9 +9,10 @@ use tokio_postgres::config::Host;
 use tokio_postgres::{Client, NoTls};
 
 use crate::config::{SourceConfig, TableMapping};
-use crate::event::Lsn;
+use crate::event::{Lsn, TableName};
 use crate::retry::Unrecoverable;
 use crate::source::identity::Identity;
+use crate::source::publication;
 use crate::source::tls::{self, Tls};
 
 /// Session settings for every connection whose text output cdc parses: value conversion relies
@@ -142,9 +143,10 @@ async fn watch<F: std::future::Future<Output = Result<(), tokio_postgres::Error>
 }
 
 /// Before streaming: `wal_level` must be logical and the publication must exist (`cdc setup`
-/// creates it); every mapping's key must be one Postgres sends with deletes. A missing slot is
-/// created here on the run's first connection, so `cdc run` works on a database that only has
-/// the publication; on a reconnect (`streamed_since`: the position this run confirmed) it is
+/// creates it) and let every change of the mapped tables through (see `publication`); every
+/// mapping's key must be one Postgres sends with deletes. A missing slot is created here on the
+/// run's first connection, so `cdc run` works on a database that only has the publication; on a
+/// reconnect (`streamed_since`: the position this run confirmed) it is
 /// [`SlotGone`](crate::source::errors::SlotGone). Errors no retry can fix are [`Unrecoverable`].
 pub async fn preflight<'a>(
     catalog: &Client,
@@ -172,6 +174,12 @@ pub async fn preflight<'a>(
             source.publication
         ))
         .into());
+    }
+    let mappings: Vec<&TableMapping> = mappings.into_iter().collect();
+    let tables: Vec<&TableName> = mappings.iter().map(|m| &m.table).collect();
+    let gaps = publication::gaps(catalog, &source.publication, &tables).await?;
+    if !gaps.is_empty() {
+        return Err(Unrecoverable(gaps.join("\n")).into());
     }
     check_keys(catalog, mappings).await?;
     let slot = catalog

@@ -3,6 +3,7 @@
 //! - `connection`: the URL, the catalog connection, the checks before streaming.
 //! - `errors`: which errors end the run and which a reconnect heals (by SQLSTATE).
 //! - `identity`: what a table's old rows carry (replica identity, keys), from the catalog.
+//! - `publication`: what an existing publication lets through (operations, row filters, column lists).
 //! - `pgoutput`: the wire format of pgoutput messages → borrowed message structs.
 //! - `relations`: the relation cache (OID → table, columns, key), kept current mid-stream.
 //! - `values`: Postgres text values → JSON values, by type.
@@ -17,6 +18,7 @@ pub mod connection;
 pub mod errors;
 pub mod identity;
 pub mod pgoutput;
+pub mod publication;
 pub mod relations;
 pub mod standby;
 pub mod stream;
