@@ -314,6 +314,58 @@ async fn retry_after_is_respected() {
     r.done().await;
 }
 
+/// A moved endpoint is not a delivery: it answers the POST with `301 Location: /ok` (and would
+/// answer a client that follows with a GET with 200). cdc does not follow, holds the batch (block
+/// mode: the slot stays before it), retries it and says where the endpoint points; once the
+/// endpoint answers 200 the event arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_is_not_a_delivery_and_is_retried() {
+    let receiver = Receiver::start();
+    let sinks = hook(
+        "hook",
+        &receiver,
+        "batch_max_wait = \"100ms\"\non_exhausted = \"block\"\nretry = [\"200ms\"]",
+    );
+    let r = start("wh_redirect", ITEMS, &sinks, &table("items", &["hook"]), &[]).await;
+    r.db.exec("INSERT INTO items VALUES (1, 'first')").await;
+    receiver.wait_for_events(1, WAIT);
+    let lsn = r.db.current_wal_lsn().await;
+    r.db.wait_confirmed_flush(&r.db.name, lsn, WAIT).await;
+
+    receiver.answer(Answer::Redirect(301, "/ok".into()));
+    let before_change = r.db.current_wal_lsn().await;
+    r.db.exec("INSERT INTO items VALUES (2, 'redirected')").await;
+    // The first request, then three attempts at the redirected batch.
+    let requests = receiver.wait_for_requests(4, WAIT);
+    let held = r.db.confirmed_flush_lsn(&r.db.name).await.unwrap();
+    assert!(held <= before_change, "the slot stayed before the redirected change");
+    assert!(
+        requests.iter().all(|q| q.method == "POST" && q.path == "/hook"),
+        "no redirect was followed: {:?}",
+        requests
+            .iter()
+            .map(|q| format!("{} {}", q.method, q.path))
+            .collect::<Vec<_>>()
+    );
+    for attempt in &requests[1..] {
+        assert_eq!(attempt.status, 301);
+        assert_eq!(ids(&attempt.events()), [2], "each attempt carries the batch");
+    }
+    let ok_url = receiver.url().replace("/hook", "/ok");
+    wait_until(|| async {
+        let log = r.cdc.stderr_text();
+        log.contains(&format!("redirect to {ok_url}")) && log.contains("configure the final URL")
+    })
+    .await;
+
+    receiver.answer(Answer::Ok);
+    let events = receiver.wait_for_events(2, WAIT);
+    assert_eq!(ids(&events), [1, 2]);
+    let end = r.db.current_wal_lsn().await;
+    r.db.wait_confirmed_flush(&r.db.name, end, WAIT).await;
+    r.done().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn gone_disables_the_endpoint_and_its_batches_become_dead_letters() {
     let receiver = Receiver::start();
@@ -598,6 +650,8 @@ fn the_receivers_verification_accepts_the_standard_webhooks_test_vector() {
     let vector: Value = serde_json::from_str(include_str!("data/standard-webhooks.json")).unwrap();
     let request = support::receiver::Request {
         received: Instant::now(),
+        method: "POST".into(),
+        path: "/hook".into(),
         headers: [
             ("webhook-id", vector["msg_id"].as_str().unwrap().to_string()),
             ("webhook-timestamp", vector["timestamp"].to_string()),

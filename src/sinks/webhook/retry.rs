@@ -88,7 +88,11 @@ mod tests {
     fn only_2xx_is_delivered() {
         assert_eq!(classify(Some(200), None, now()), Verdict::Delivered);
         assert_eq!(classify(Some(204), None, now()), Verdict::Delivered);
-        for failure in [Some(301), Some(302), Some(400), Some(404), Some(500), Some(502), None] {
+        let redirects = [Some(301), Some(302), Some(303), Some(307), Some(308)];
+        for failure in redirects
+            .into_iter()
+            .chain([Some(400), Some(404), Some(500), Some(502), None])
+        {
             assert_eq!(
                 classify(failure, None, now()),
                 Verdict::Retry { retry_after: None },
