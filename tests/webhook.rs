@@ -289,7 +289,12 @@ async fn retry_after_is_respected() {
     let r = start(
         "wh_429",
         ITEMS,
-        &hook("hook", &receiver, "batch_max_wait = \"100ms\"\nretry = [\"100ms\"]"),
+        // Retry-After lengthens the 100 ms step; it is capped at the longest step, 10 s.
+        &hook(
+            "hook",
+            &receiver,
+            "batch_max_wait = \"100ms\"\nretry = [\"100ms\", \"10s\"]",
+        ),
         &table("items", &["hook"]),
         &[],
     )
