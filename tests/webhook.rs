@@ -597,6 +597,37 @@ async fn coalescing_merges_quick_updates_of_a_row_into_one_event() {
     r.done().await;
 }
 
+/// Without REPLICA IDENTITY FULL an update that leaves a TOASTed column alone does not carry it
+/// (`unchanged_toast`). Coalesced with the insert before it, the one event still carries the
+/// value the insert did.
+#[tokio::test(flavor = "multi_thread")]
+async fn coalescing_keeps_the_toasted_value_an_update_did_not_resend() {
+    let receiver = Receiver::start();
+    let sinks = hook("hook", &receiver, "batch_max_wait = \"0\"\ncoalesce = \"5s\"");
+    // EXTERNAL: stored out of line and uncompressed, so a 3,000-byte value is surely TOASTed.
+    let ddl = "CREATE TABLE docs (id int PRIMARY KEY, title text, body text); \
+               ALTER TABLE docs ALTER body SET STORAGE EXTERNAL;";
+    let r = start("wh_coalesce_toast", ddl, &sinks, &table("docs", &["hook"]), &[]).await;
+    r.db.exec("INSERT INTO docs VALUES (1, 'a', repeat('x', 3000))").await;
+    r.db.exec("UPDATE docs SET title = 'b' WHERE id = 1").await;
+    let events = receiver.wait_for_events(1, WAIT);
+    assert_eq!(events[0]["op"], "create", "{:?}", events[0]);
+    assert_eq!(
+        events[0]["new"],
+        serde_json::json!({"id": 1, "title": "b", "body": "x".repeat(3000)}),
+        "the insert's body, the update's title"
+    );
+    assert_eq!(events[0].get("unchanged_toast"), None);
+
+    // Alone in its window, such an update does lack the body: what the merge above made up for.
+    r.db.exec("UPDATE docs SET title = 'c' WHERE id = 1").await;
+    let events = receiver.wait_for_events(2, WAIT);
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["new"], serde_json::json!({"id": 1, "title": "c"}));
+    assert_eq!(events[1]["unchanged_toast"], serde_json::json!(["body"]));
+    r.done().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn webhook_test_sends_a_signed_test_event_fails_on_non_2xx_and_attempts_lists_both() {
     let receiver = Receiver::start();
