@@ -289,7 +289,12 @@ async fn retry_after_is_respected() {
     let r = start(
         "wh_429",
         ITEMS,
-        &hook("hook", &receiver, "batch_max_wait = \"100ms\"\nretry = [\"100ms\"]"),
+        // Retry-After lengthens the 100 ms step; it is capped at the longest step, 10 s.
+        &hook(
+            "hook",
+            &receiver,
+            "batch_max_wait = \"100ms\"\nretry = [\"100ms\", \"10s\"]",
+        ),
         &table("items", &["hook"]),
         &[],
     )
@@ -311,6 +316,58 @@ async fn retry_after_is_respected() {
         "a retry keeps the batch id"
     );
     assert_eq!(requests[0].body, requests[1].body, "and the body");
+    r.done().await;
+}
+
+/// A moved endpoint is not a delivery: it answers the POST with `301 Location: /ok` (and would
+/// answer a client that follows with a GET with 200). cdc does not follow, holds the batch (block
+/// mode: the slot stays before it), retries it and says where the endpoint points; once the
+/// endpoint answers 200 the event arrives.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redirect_is_not_a_delivery_and_is_retried() {
+    let receiver = Receiver::start();
+    let sinks = hook(
+        "hook",
+        &receiver,
+        "batch_max_wait = \"100ms\"\non_exhausted = \"block\"\nretry = [\"200ms\"]",
+    );
+    let r = start("wh_redirect", ITEMS, &sinks, &table("items", &["hook"]), &[]).await;
+    r.db.exec("INSERT INTO items VALUES (1, 'first')").await;
+    receiver.wait_for_events(1, WAIT);
+    let lsn = r.db.current_wal_lsn().await;
+    r.db.wait_confirmed_flush(&r.db.name, lsn, WAIT).await;
+
+    receiver.answer(Answer::Redirect(301, "/ok".into()));
+    let before_change = r.db.current_wal_lsn().await;
+    r.db.exec("INSERT INTO items VALUES (2, 'redirected')").await;
+    // The first request, then three attempts at the redirected batch.
+    let requests = receiver.wait_for_requests(4, WAIT);
+    let held = r.db.confirmed_flush_lsn(&r.db.name).await.unwrap();
+    assert!(held <= before_change, "the slot stayed before the redirected change");
+    assert!(
+        requests.iter().all(|q| q.method == "POST" && q.path == "/hook"),
+        "no redirect was followed: {:?}",
+        requests
+            .iter()
+            .map(|q| format!("{} {}", q.method, q.path))
+            .collect::<Vec<_>>()
+    );
+    for attempt in &requests[1..] {
+        assert_eq!(attempt.status, 301);
+        assert_eq!(ids(&attempt.events()), [2], "each attempt carries the batch");
+    }
+    let ok_url = receiver.url().replace("/hook", "/ok");
+    wait_until(|| async {
+        let log = r.cdc.stderr_text();
+        log.contains(&format!("redirect to {ok_url}")) && log.contains("configure the final URL")
+    })
+    .await;
+
+    receiver.answer(Answer::Ok);
+    let events = receiver.wait_for_events(2, WAIT);
+    assert_eq!(ids(&events), [1, 2]);
+    let end = r.db.current_wal_lsn().await;
+    r.db.wait_confirmed_flush(&r.db.name, end, WAIT).await;
     r.done().await;
 }
 
@@ -540,6 +597,37 @@ async fn coalescing_merges_quick_updates_of_a_row_into_one_event() {
     r.done().await;
 }
 
+/// Without REPLICA IDENTITY FULL an update that leaves a TOASTed column alone does not carry it
+/// (`unchanged_toast`). Coalesced with the insert before it, the one event still carries the
+/// value the insert did.
+#[tokio::test(flavor = "multi_thread")]
+async fn coalescing_keeps_the_toasted_value_an_update_did_not_resend() {
+    let receiver = Receiver::start();
+    let sinks = hook("hook", &receiver, "batch_max_wait = \"0\"\ncoalesce = \"5s\"");
+    // EXTERNAL: stored out of line and uncompressed, so a 3,000-byte value is surely TOASTed.
+    let ddl = "CREATE TABLE docs (id int PRIMARY KEY, title text, body text); \
+               ALTER TABLE docs ALTER body SET STORAGE EXTERNAL;";
+    let r = start("wh_coalesce_toast", ddl, &sinks, &table("docs", &["hook"]), &[]).await;
+    r.db.exec("INSERT INTO docs VALUES (1, 'a', repeat('x', 3000))").await;
+    r.db.exec("UPDATE docs SET title = 'b' WHERE id = 1").await;
+    let events = receiver.wait_for_events(1, WAIT);
+    assert_eq!(events[0]["op"], "create", "{:?}", events[0]);
+    assert_eq!(
+        events[0]["new"],
+        serde_json::json!({"id": 1, "title": "b", "body": "x".repeat(3000)}),
+        "the insert's body, the update's title"
+    );
+    assert_eq!(events[0].get("unchanged_toast"), None);
+
+    // Alone in its window, such an update does lack the body: what the merge above made up for.
+    r.db.exec("UPDATE docs SET title = 'c' WHERE id = 1").await;
+    let events = receiver.wait_for_events(2, WAIT);
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[1]["new"], serde_json::json!({"id": 1, "title": "c"}));
+    assert_eq!(events[1]["unchanged_toast"], serde_json::json!(["body"]));
+    r.done().await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn webhook_test_sends_a_signed_test_event_fails_on_non_2xx_and_attempts_lists_both() {
     let receiver = Receiver::start();
@@ -598,6 +686,8 @@ fn the_receivers_verification_accepts_the_standard_webhooks_test_vector() {
     let vector: Value = serde_json::from_str(include_str!("data/standard-webhooks.json")).unwrap();
     let request = support::receiver::Request {
         received: Instant::now(),
+        method: "POST".into(),
+        path: "/hook".into(),
         headers: [
             ("webhook-id", vector["msg_id"].as_str().unwrap().to_string()),
             ("webhook-timestamp", vector["timestamp"].to_string()),

@@ -1,7 +1,7 @@
 //! A webhook receiver on 127.0.0.1 for the integration tests: a small but real HTTP/1.1 server
 //! (keep-alive, Content-Length bodies) that records every request and answers as told: 2xx, a
-//! status with an optional `Retry-After`, slowly, or not at all (down: the port refuses
-//! connections and open connections are cut, as when a service is stopped).
+//! status with an optional `Retry-After`, a redirect, slowly, or not at all (down: the port
+//! refuses connections and open connections are cut, as when a service is stopped).
 //!
 //! It runs on its own runtime thread, so tests that block (waiting for a `cdc` process) never
 //! stall it, and its API is synchronous.
@@ -26,12 +26,17 @@ pub enum Answer {
     Status(u16, Option<String>),
     /// 200 after this long.
     Slow(Duration),
+    /// A POST gets this 3xx status with `Location` (a moved endpoint); any other request gets
+    /// 200, as the page a client following the redirect would fetch with a GET.
+    Redirect(u16, String),
 }
 
 /// One received request.
 #[derive(Debug, Clone)]
 pub struct Request {
     pub received: Instant,
+    pub method: String,
+    pub path: String,
     /// Header names lower-cased.
     pub headers: HashMap<String, String>,
     pub body: Vec<u8>,
@@ -252,21 +257,25 @@ async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     let (read, mut write) = stream.into_split();
     let mut read = BufReader::new(read);
-    while let Some((headers, body)) = read_request(&mut read).await {
+    while let Some((method, path, headers, body)) = read_request(&mut read).await {
         let received = Instant::now();
         let now_in_flight = shared.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
         shared.max_in_flight.fetch_max(now_in_flight, Ordering::SeqCst);
         let answer = shared.answer.lock().unwrap().clone();
-        let (status, retry_after) = match answer {
+        let (status, header) = match answer {
             Answer::Ok => (200, None),
-            Answer::Status(status, retry_after) => (status, retry_after),
+            Answer::Status(status, retry_after) => (status, retry_after.map(|v| ("retry-after", v))),
             Answer::Slow(delay) => {
                 tokio::time::sleep(delay).await;
                 (200, None)
             }
+            Answer::Redirect(status, location) if method == "POST" => (status, Some(("location", location))),
+            Answer::Redirect(..) => (200, None),
         };
         shared.requests.lock().unwrap().push(Request {
             received,
+            method,
+            path,
             headers,
             body,
             status,
@@ -280,8 +289,8 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n",
             body.len()
         );
-        if let Some(retry_after) = retry_after {
-            response.push_str(&format!("retry-after: {retry_after}\r\n"));
+        if let Some((name, value)) = header {
+            response.push_str(&format!("{name}: {value}\r\n"));
         }
         response.push_str("\r\n");
         response.push_str(body);
@@ -293,14 +302,18 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
     }
 }
 
-/// One request's headers and Content-Length body; None at the end of the connection.
+/// One request's method, path, headers and Content-Length body; None at the end of the
+/// connection.
 async fn read_request(
     read: &mut BufReader<tokio::net::tcp::OwnedReadHalf>,
-) -> Option<(HashMap<String, String>, Vec<u8>)> {
+) -> Option<(String, String, HashMap<String, String>, Vec<u8>)> {
     let mut line = String::new();
     if read.read_line(&mut line).await.ok()? == 0 {
         return None;
     }
+    let mut request_line = line.split_whitespace();
+    let method = request_line.next()?.to_string();
+    let path = request_line.next()?.to_string();
     let mut headers = HashMap::new();
     loop {
         line.clear();
@@ -315,7 +328,7 @@ async fn read_request(
     let length: usize = headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
     let mut body = vec![0; length];
     read.read_exact(&mut body).await.ok()?;
-    Some((headers, body))
+    Some((method, path, headers, body))
 }
 
 /// Standard Webhooks verification, written from the specification independently of cdc's

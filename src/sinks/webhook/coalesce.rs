@@ -2,8 +2,9 @@
 //! a burst of edits to a record costs its receiver one notification (debouncing).
 //!
 //! A row's first change opens its window; later changes within it merge into the held event:
-//! the merged event has the first change's old row, the last change's new row, the union of
-//! the changed columns, and the last change's id. An insert followed by updates stays an
+//! the merged event has the first change's old row, the last change's new row (a TOASTed value
+//! it did not carry, being unchanged, taken from an earlier change that did), the union of the
+//! changed columns, and the last change's id. An insert followed by updates stays an
 //! insert; anything followed by a delete is a delete; a change after a delete starts a new
 //! event (the delete leaves first). A truncate first releases every held event, so nothing
 //! overtakes it. A key-changing update is never held or merged: the events held under its old
@@ -18,7 +19,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::batcher::{moved_key, Item};
-use crate::event::{Op, TableName};
+use crate::event::{Op, Row, TableName};
 
 type RowKey = (Arc<TableName>, String);
 
@@ -122,7 +123,11 @@ fn merge(prev: Item, next: Item) -> Item {
         (Op::Update, Some(x), Some(y)) => Some(union(x, y)),
         _ => None,
     };
-    let new = if op == Op::Delete { None } else { b.new.clone() };
+    let new = match (op, &a.new, &b.new) {
+        (Op::Delete, _, _) => None,
+        (_, Some(earlier), Some(later)) => Some(fill_unchanged_toast(later, earlier)),
+        (_, _, later) => later.clone(),
+    };
     let merged = b.with_rows(a.key.clone(), a.old.clone(), new, changed, op);
     let mut merged_txns = prev.merged_txns;
     merged_txns.push(prev.txn);
@@ -134,6 +139,22 @@ fn merge(prev: Item, next: Item) -> Item {
     }
 }
 
+/// `later` with each unchanged-TOAST value taken from `earlier` when that has it. Without
+/// REPLICA IDENTITY FULL, an update that leaves a TOASTed column alone does not carry it: the
+/// merged event would lose the value the earlier change (an insert, or an update that set it)
+/// did carry. The event's `unchanged_toast` list is derived from the row, so it shrinks with it.
+fn fill_unchanged_toast(later: &Row, earlier: &Row) -> Row {
+    let mut row = later.clone();
+    for (name, value) in &mut row.0 {
+        if value.is_unchanged_toast() {
+            if let Some(known) = earlier.get(name).filter(|v| !v.is_unchanged_toast()) {
+                *value = known.clone();
+            }
+        }
+    }
+    row
+}
+
 fn union(x: &[Arc<str>], y: &[Arc<str>]) -> Vec<Arc<str>> {
     let mut out = x.to_vec();
     out.extend(y.iter().filter(|c| !x.contains(c)).cloned());
@@ -143,7 +164,7 @@ fn union(x: &[Arc<str>], y: &[Arc<str>]) -> Vec<Arc<str>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Event, Lsn, Position, Row, Value};
+    use crate::event::{Event, Lsn, Position, Value};
 
     fn row(pairs: &[(&str, i64)]) -> Row {
         Row(pairs.iter().map(|(k, v)| (Arc::from(*k), Value::Int(*v))).collect())
@@ -223,6 +244,77 @@ mod tests {
             [3, 1, 2],
             "it stands for all three transactions"
         );
+    }
+
+    /// A change of row 1 at `seq` whose new row is `new` (no old row: no REPLICA IDENTITY FULL).
+    fn change(op: Op, new: Vec<(&str, Value)>, seq: u32) -> Item {
+        let pos = Position {
+            commit_lsn: Lsn(100 + seq as u64),
+            seq,
+            ..Position::default()
+        };
+        let new = Row(new.into_iter().map(|(k, v)| (Arc::from(k), v)).collect());
+        let e = Event::new(
+            op,
+            Arc::new(TableName::parse("docs")),
+            Some(row(&[("id", 1)])),
+            None,
+            Some(new),
+            None,
+            pos,
+        );
+        Item::new(Arc::new(e), seq as u64)
+    }
+
+    fn text(s: &str) -> Value {
+        Value::String(s.into())
+    }
+
+    #[test]
+    fn an_unchanged_toast_value_of_a_later_change_is_taken_from_the_earlier_one() {
+        let mut c = Coalescer::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let big = "x".repeat(5000);
+        let insert = vec![("id", Value::Int(1)), ("title", text("a")), ("body", text(&big))];
+        c.push(change(Op::Create, insert, 1), t0);
+        let title = vec![
+            ("id", Value::Int(1)),
+            ("title", text("b")),
+            ("body", Value::UnchangedToast),
+        ];
+        c.push(change(Op::Update, title.clone(), 2), t0);
+        let out = c.drain();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].event.op, Op::Create);
+        let json: serde_json::Value = serde_json::from_slice(out[0].event.to_json()).unwrap();
+        assert_eq!(
+            json["new"],
+            serde_json::json!({"id": 1, "title": "b", "body": big}),
+            "the body the insert carried"
+        );
+        assert_eq!(json.get("unchanged_toast"), None, "nothing is listed as missing");
+
+        // Two updates neither of which carried the body: it stays unchanged TOAST, and says so.
+        c.push(change(Op::Update, title.clone(), 3), t0);
+        c.push(change(Op::Update, title, 4), t0);
+        let out = c.drain();
+        let json: serde_json::Value = serde_json::from_slice(out[0].event.to_json()).unwrap();
+        assert_eq!(json["new"], serde_json::json!({"id": 1, "title": "b"}));
+        assert_eq!(json["unchanged_toast"], serde_json::json!(["body"]));
+
+        // An update that set the body, then one that did not: the body of the first.
+        let set = vec![("id", Value::Int(1)), ("title", text("c")), ("body", text("new body"))];
+        c.push(change(Op::Update, set, 5), t0);
+        let title = vec![
+            ("id", Value::Int(1)),
+            ("title", text("d")),
+            ("body", Value::UnchangedToast),
+        ];
+        c.push(change(Op::Update, title, 6), t0);
+        let out = c.drain();
+        assert_eq!(out[0].event.op, Op::Update);
+        assert_eq!(out[0].event.new.as_ref().unwrap().get("body"), Some(&text("new body")));
+        assert_eq!(out[0].event.new.as_ref().unwrap().get("title"), Some(&text("d")));
     }
 
     #[test]

@@ -120,7 +120,8 @@ impl Endpoint {
                 match retry::next_delay(&self.config.retry, 1, retry_after, retry::jitter()) {
                     Some(delay) => {
                         let active = self.outbox_active.lock().await;
-                        self.store(batch, 1, SystemTime::now() + delay, &error, active).await
+                        self.store(batch, 1, retry::due(SystemTime::now(), delay), &error, active)
+                            .await
                     }
                     None => self.dead_letter(batch, 1, &error).await,
                 }

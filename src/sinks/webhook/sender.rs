@@ -81,7 +81,7 @@ async fn send(endpoint: &Endpoint, stored: Stored) -> anyhow::Result<()> {
         Verdict::Retry { retry_after } => match endpoint.next_delay(failures, retry_after) {
             Some(delay) => {
                 tracing::warn!(sink = %endpoint.name, batch = %batch.id, "attempt {failures} failed ({error}); next in {delay:?}");
-                let (id, next, error) = (stored.id, SystemTime::now() + delay, error.as_str());
+                let (id, next, error) = (stored.id, retry::due(SystemTime::now(), delay), error.as_str());
                 endpoint
                     .db
                     .retry("rescheduling a stored webhook batch", |c| async move {

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use bytes::Bytes;
-use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, RETRY_AFTER};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_TYPE, LOCATION, RETRY_AFTER};
 use tokio::time::Instant;
 
 use super::config::{RateLimit, WebhookConfig};
@@ -51,6 +51,10 @@ impl Service {
         }
         let client = reqwest::Client::builder()
             .user_agent(concat!("cdc/", env!("CARGO_PKG_VERSION")))
+            // A 3xx is a failure (see `retry`): following it would turn the POST into a
+            // body-less GET on 301/302/303, whose 2xx would count as a delivery, or send the
+            // signed body to a URL nobody configured on 307/308.
+            .redirect(reqwest::redirect::Policy::none())
             .timeout(config.timeout)
             .connect_timeout(config.timeout)
             .pool_max_idle_per_host(config.lanes.get() + 1)
@@ -94,18 +98,26 @@ impl Service {
                 .get(RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_string);
+            let location = response
+                .headers()
+                .get(LOCATION)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
             // Reading the body to its end lets the connection be reused.
             let body = response.bytes().await?;
-            Ok::<_, reqwest::Error>((status, retry_after, body))
+            Ok::<_, reqwest::Error>((status, retry_after, location, body))
         }
         .await;
         let latency = started.elapsed();
         match result {
-            Ok((status, retry_after, body)) => Response {
+            Ok((status, retry_after, location, body)) => Response {
                 status: Some(status),
                 retry_after,
                 latency,
-                error: (!(200..300).contains(&status)).then(|| format!("HTTP {status}")),
+                error: match status {
+                    200..=299 => None,
+                    300..=399 => Some(self.redirected(status, location.as_deref())),
+                    _ => Some(format!("HTTP {status}")),
+                },
                 body_start: String::from_utf8_lossy(&body[..body.len().min(BODY_START)]).into_owned(),
             },
             Err(e) => Response {
@@ -135,6 +147,22 @@ impl Service {
     /// The endpoint, redacted: what every message names.
     pub fn url(&self) -> &str {
         &self.shown
+    }
+
+    /// A 3xx, in words that say what to do: the user configured a URL that moved.
+    fn redirected(&self, status: u16, location: Option<&str>) -> String {
+        let Some(location) = location else {
+            return format!("HTTP {status}: a redirect (without a Location), which cdc does not follow");
+        };
+        // Named in full (it is usually relative) and redacted like the configured URL.
+        let target = self
+            .url
+            .join(location)
+            .map_or_else(|_| crate::redact::url(location), |u| crate::redact::url(u.as_str()));
+        format!(
+            "HTTP {status}: the endpoint answered a redirect to {target}, which cdc does not follow; \
+             configure the final URL as the sink's url"
+        )
     }
 
     fn describe(&self, e: reqwest::Error) -> String {
