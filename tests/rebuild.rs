@@ -339,6 +339,39 @@ async fn a_partitioned_table_is_rebuilt_from_all_its_partitions() {
     );
 }
 
+/// The rows of an inheritance child are not the parent's: `cdc setup` publishes the parent
+/// `ONLY`, so the stream never carries them, and the rebuild and verify leave them out too.
+#[tokio::test]
+async fn an_inheritance_childs_rows_are_not_rebuilt_into_the_parents_index() {
+    let _serial = support::serial();
+    let node = node_url();
+    let alias = support::unique_name("rb_inherit");
+    let s = setup(
+        "rebuild_inherit",
+        "CREATE TABLE notes (id int PRIMARY KEY, body text); CREATE TABLE archived_notes () INHERITS (notes);",
+        "INSERT INTO notes SELECT g, 'note ' || g FROM generate_series(1, 300) g;
+         INSERT INTO archived_notes SELECT g, 'archived ' || g FROM generate_series(1001, 1100) g;",
+        &["search"],
+        &format!("[[tables]]\ntable = \"notes\"\nsinks = [\"search\"]\nindex = \"{alias}\"\n"),
+    )
+    .await;
+    let out = s.rebuild("public.notes", &["--parallel", "2"]);
+    assert!(
+        stdout_of(&out).contains("public.notes: 300 rows, 300 documents"),
+        "{}",
+        stdout_of(&out)
+    );
+    let expected = "SELECT id::text, jsonb_build_object('id', id, 'body', body)::text FROM ONLY notes";
+    assert_index_equals_table(&node, &alias, &s.db, expected, Duration::from_secs(30)).await;
+    let verified = s.verify("public.notes");
+    assert!(
+        verified.status.success(),
+        "{}\n{}",
+        stdout_of(&verified),
+        stderr_of(&verified)
+    );
+}
+
 /// A table of many types, under a projection (a column left out) and a filter.
 const TYPES_DDL: &str = "CREATE TABLE things (id int PRIMARY KEY, kind text NOT NULL, name text, price numeric(10,3), ratio float8, \
      flag bool, born date, seen timestamp, at timestamptz, span interval, tags text[], matrix int[], meta jsonb, raw bytea, \

@@ -92,11 +92,24 @@ impl Plan {
             .map(|c| format!("t.{}", quote_ident(&c.name)))
             .collect();
         let conditions: Vec<&str> = condition.into_iter().chain(self.filter_sql.as_deref()).collect();
-        let mut sql = format!("SELECT {} FROM {relation} t", columns.join(", "));
+        let mut sql = format!("SELECT {} FROM {} t", columns.join(", "), self.scanned(relation));
         if !conditions.is_empty() {
             sql += &format!(" WHERE {}", conditions.join(" AND "));
         }
         sql
+    }
+
+    /// `relation` as a FROM item: with `ONLY`, as the rows of inheritance children are not the
+    /// table's (the publication leaves them out too, see `cdc setup`); without it for a
+    /// partitioned table itself, whose rows are all in its partitions.
+    fn scanned(&self, relation: &str) -> String {
+        let table = self.table.quoted();
+        let partitioned = self.relations.iter().any(|r| *r != table);
+        if partitioned && relation == table {
+            relation.to_string()
+        } else {
+            format!("ONLY {relation}")
+        }
     }
 
     /// The document id as cdc writes it, computed by Postgres: each id column's output text
@@ -293,7 +306,7 @@ mod tests {
         );
         assert_eq!(
             p.select("\"public\".\"items\"", Some("t.ctid >= '(0,0)'")),
-            "SELECT t.\"id\", t.\"title\", t.\"state\" FROM \"public\".\"items\" t \
+            "SELECT t.\"id\", t.\"title\", t.\"state\" FROM ONLY \"public\".\"items\" t \
              WHERE t.ctid >= '(0,0)' AND \"state\" = 'published'"
         );
         assert_eq!(p.id_sql(), "concat_ws(':', format('%s', t.\"id\"))");

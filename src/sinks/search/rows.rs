@@ -34,6 +34,9 @@ pub struct TableRows {
     /// (`pg_catalog.bpchar`, not `character`, which means char(1)): a cast to char(n),
     /// varchar(n) or numeric(p,s) could change the value compared.
     types: Vec<String>,
+    /// `ONLY` in the read: the rows of inheritance children are not the table's (the publication
+    /// leaves them out too); empty for a partitioned table, whose rows are all in its partitions.
+    only: &'static str,
 }
 
 /// Which columns make a row's key, and their values as Postgres input text.
@@ -48,13 +51,16 @@ impl TableRows {
     /// None when the table no longer exists (it was dropped or renamed: none of its rows can
     /// be found by this name).
     pub async fn load(pg: &Client, table: &Arc<TableName>) -> anyhow::Result<Option<TableRows>> {
-        let exists: Option<String> = pg
-            .query_one("SELECT pg_catalog.to_regclass($1)::text", &[&table.quoted()])
+        let relkind: Option<i8> = pg
+            .query_one(
+                "SELECT (SELECT relkind FROM pg_catalog.pg_class WHERE oid = pg_catalog.to_regclass($1))",
+                &[&table.quoted()],
+            )
             .await?
             .get(0);
-        if exists.is_none() {
+        let Some(relkind) = relkind else {
             return Ok(None);
-        }
+        };
         let columns = RelationCache::default().table_columns(pg, table).await?;
         let rows = pg
             .query(
@@ -76,6 +82,7 @@ impl TableRows {
             table: table.clone(),
             columns,
             types: rows.iter().map(|r| r.get(0)).collect(),
+            only: if relkind == b'p' as i8 { "" } else { "ONLY " },
         }))
     }
 
@@ -167,11 +174,12 @@ impl TableRows {
             })
             .collect();
         format!(
-            "SELECT u.n{}{} FROM unnest({}) WITH ORDINALITY AS u({}, n) JOIN {} t ON {}",
+            "SELECT u.n{}{} FROM unnest({}) WITH ORDINALITY AS u({}, n) JOIN {}{} t ON {}",
             if values.is_empty() { "" } else { ", " },
             values.join(", "),
             params.join(", "),
             aliases.join(", "),
+            self.only,
             self.table.quoted(),
             conditions.join(" AND ")
         )
@@ -279,6 +287,7 @@ mod tests {
             types: ["int4", "timestamptz", "bpchar"]
                 .map(|t| format!("pg_catalog.{t}"))
                 .to_vec(),
+            only: "ONLY ",
         }
     }
 
@@ -287,7 +296,7 @@ mod tests {
         assert_eq!(
             events_table().read_sql(&[0, 1], &[2]),
             "SELECT u.n, CASE WHEN t.\"code\" IS NULL THEN NULL ELSE pg_catalog.format('%s', t.\"code\") END \
-             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(k0, k1, n) JOIN \"app\".\"events\" t \
+             FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS u(k0, k1, n) JOIN ONLY \"app\".\"events\" t \
              ON t.\"id\" = u.k0::pg_catalog.int4 AND t.\"at\" = u.k1::pg_catalog.timestamptz"
         );
     }
