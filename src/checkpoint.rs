@@ -46,6 +46,10 @@ pub struct Checkpoint {
     dispatched: Lsn,
     /// (dispatched at the time, keepalive wal_end) of the last keepalive seen between transactions.
     idle: Option<(Lsn, Lsn)>,
+    /// What was confirmable when `idle` was last replaced: a newer keepalive whose transactions
+    /// are not acknowledged yet must not take back the older one's position (the slot would not
+    /// move back, but the confirmed-position metric and log lines would).
+    floor: Lsn,
 }
 
 impl Checkpoint {
@@ -70,6 +74,7 @@ impl Checkpoint {
     /// A keepalive arrived while no transaction was open.
     pub fn keepalive(&mut self, wal_end: Lsn) {
         if self.idle.is_none_or(|(_, w)| wal_end > w) {
+            self.floor = self.confirmable();
             self.idle = Some((self.dispatched, wal_end));
         }
     }
@@ -90,10 +95,11 @@ impl Checkpoint {
     /// every sink caught up with what was dispatched before that keepalive.
     pub fn confirmable(&self) -> Lsn {
         let acked = self.acks.iter().map(Ack::position).min().unwrap_or(self.dispatched);
-        match self.idle {
+        let position = match self.idle {
             Some((dispatched_before, wal_end)) if acked >= dispatched_before => acked.max(wal_end),
             _ => acked,
-        }
+        };
+        position.max(self.floor)
     }
 }
 
@@ -134,6 +140,23 @@ mod tests {
         a.delivered(Lsn(200));
         a.delivered(Lsn(150));
         assert_eq!(cp.confirmable(), Lsn(200));
+    }
+
+    #[test]
+    fn a_newer_keepalive_never_takes_back_an_older_ones_position() {
+        let mut cp = Checkpoint::new();
+        let a = cp.register();
+        cp.keepalive(Lsn(5000));
+        assert_eq!(cp.confirmable(), Lsn(5000));
+        cp.dispatched(Lsn(6000));
+        cp.keepalive(Lsn(6100));
+        assert_eq!(
+            cp.confirmable(),
+            Lsn(5000),
+            "the transaction up to 6000 is not acknowledged yet"
+        );
+        a.delivered(Lsn(6000));
+        assert_eq!(cp.confirmable(), Lsn(6100));
     }
 
     #[test]
