@@ -92,10 +92,18 @@ pub fn actions(event: &Arc<Event>, mapping: &TableMapping) -> Result<Vec<Action>
     match event.op {
         Op::Create | Op::Update => {
             let new = event.new.as_ref().ok_or(EncodeError::NoKey)?;
-            let id = doc_id(mapping, event, [event.new_key.as_ref(), Some(new), event.key.as_ref()])?;
             let old_id = match event.op {
                 Op::Update => previous_id(mapping, event),
                 _ => None,
+            };
+            let id = match doc_id(mapping, event, [event.new_key.as_ref(), Some(new), event.key.as_ref()]) {
+                Ok(id) => id,
+                // The update set an id column to NULL: the document under the old id must go.
+                // The row has no document until its id is set again (that update writes it).
+                Err(EncodeError::NullId(_)) if old_id.is_some() => {
+                    return Ok(old_id.into_iter().map(|old| action(old, Write::Delete)).collect());
+                }
+                Err(e) => return Err(e),
             };
             let mut out = Vec::with_capacity(2);
             if let Some(old_id) = old_id.filter(|old| *old != id) {
@@ -418,6 +426,29 @@ mod tests {
             Some(row(&[("id", s(&longest))])),
         );
         assert_eq!(actions(&e, &mapping()).unwrap()[0].doc.id, longest);
+    }
+
+    #[test]
+    fn an_update_that_nulls_a_custom_id_deletes_the_old_document() {
+        let mut m = mapping();
+        m.id = Some(vec!["slug".into()]);
+        let e = event(
+            Op::Update,
+            Some(row(&[("id", Value::Int(1))])),
+            Some(row(&[("id", Value::Int(1)), ("slug", s("launch"))])),
+            Some(row(&[("id", Value::Int(1)), ("slug", Value::Null)])),
+        );
+        let out = actions(&e, &m).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].doc.id.as_str(), &out[0].write), ("launch", &Write::Delete));
+        // Without the old row (no REPLICA IDENTITY FULL) the old id is unknown: a dead letter.
+        let e = event(
+            Op::Update,
+            Some(row(&[("id", Value::Int(1))])),
+            None,
+            Some(row(&[("id", Value::Int(1)), ("slug", Value::Null)])),
+        );
+        assert_eq!(actions(&e, &m).unwrap_err(), EncodeError::NullId("slug".into()));
     }
 
     #[test]
