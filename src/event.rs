@@ -241,6 +241,10 @@ pub struct Event {
     /// have dropped key columns from `new`, and a search document must still move to its new id.
     /// None otherwise (the key did not change, or `new` holds it: source events).
     pub new_key: Option<Row>,
+    /// For a routed update: the mapping's filter could not tell whether the row is in it now (a
+    /// filter column's value was not sent: unchanged TOAST), so it was passed as an update. A
+    /// sink that can read the row back checks the filter on it.
+    pub membership_unknown: bool,
     /// Columns whose value changed. None when it cannot be known exactly (the old row was not
     /// sent: the table does not have REPLICA IDENTITY FULL).
     pub changed: Option<Vec<Arc<str>>>,
@@ -275,6 +279,7 @@ impl Event {
             old,
             new,
             new_key: None,
+            membership_unknown: false,
             changed,
             lsn: position.lsn,
             commit_lsn: position.commit_lsn,
@@ -302,6 +307,7 @@ impl Event {
             old,
             new,
             new_key: None,
+            membership_unknown: false,
             changed,
             lsn: self.lsn,
             commit_lsn: self.commit_lsn,

@@ -211,6 +211,7 @@ fn passes_unchanged(mapping: &TableMapping, event: &Event) -> bool {
 
 /// Applies one mapping to one event: filter (with move-in/move-out), ops, projection.
 pub fn route(event: &Event, mapping: &TableMapping) -> Option<Event> {
+    let mut membership_unknown = false;
     let op = match &mapping.filter {
         None => event.op,
         Some(filter) => {
@@ -228,7 +229,10 @@ pub fn route(event: &Event, mapping: &TableMapping) -> Option<Event> {
                 (Op::Update, _, Some(false)) => Op::Delete,
                 // The filter's column is an unchanged TOAST value and the old row is unknown:
                 // the row's membership did not change through this column; pass the update.
-                (Op::Update, _, None) => Op::Update,
+                (Op::Update, _, None) => {
+                    membership_unknown = true;
+                    Op::Update
+                }
             }
         }
     };
@@ -276,6 +280,7 @@ pub fn route(event: &Event, mapping: &TableMapping) -> Option<Event> {
     let new = if op == Op::Delete { None } else { project(&event.new) };
     let mut routed = event.with_rows(key, project(&event.old), new, changed, op);
     routed.new_key = new_key;
+    routed.membership_unknown = membership_unknown;
     Some(routed)
 }
 
@@ -422,6 +427,16 @@ mod tests {
         let mut m = mapping();
         m.columns = Some(vec!["title".into()]);
         m
+    }
+
+    #[test]
+    fn an_update_the_filter_cannot_decide_passes_marked_for_a_second_look() {
+        let m = published_only();
+        let unsent = row(&[("id", Value::Int(1)), ("state", Value::UnchangedToast)]);
+        let routed = route(&update(None, unsent, None), &m).unwrap();
+        assert_eq!((routed.op, routed.membership_unknown), (Op::Update, true));
+        let decided = row(&[("id", Value::Int(1)), ("state", s("published"))]);
+        assert!(!route(&update(None, decided, None), &m).unwrap().membership_unknown);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 
 use serde::ser::{SerializeMap, Serializer};
 
-use crate::config::TableMapping;
+use crate::config::{Filter, TableMapping};
 use crate::event::{Event, Op, Row, Value};
 
 /// A document: the alias it lives under and its id.
@@ -25,9 +25,12 @@ pub struct DocKey {
 pub enum Write {
     /// Index this JSON document.
     Index(Vec<u8>),
-    /// Index the row, once the values Postgres did not send (unchanged TOAST) are read back.
+    /// Index the row, once the values Postgres did not send (unchanged TOAST) are read back;
+    /// with `filter`, only if the row read passes it (delete the document otherwise): the
+    /// router could not decide it without those values.
     IndexAfterRead {
         missing: Vec<Arc<str>>,
+        filter: Option<Filter>,
     },
     Delete,
 }
@@ -109,7 +112,18 @@ pub fn actions(event: &Arc<Event>, mapping: &TableMapping) -> Result<Vec<Action>
             if let Some(old_id) = old_id.filter(|old| *old != id) {
                 out.push(action(old_id, Write::Delete));
             }
-            out.push(action(id, document(new, event.old.as_ref())));
+            let mut write = document(new, event.old.as_ref());
+            if let (true, Some(filter)) = (event.membership_unknown, &mapping.filter) {
+                let missing = match write {
+                    Write::IndexAfterRead { missing, .. } => missing,
+                    _ => Vec::new(),
+                };
+                write = Write::IndexAfterRead {
+                    missing,
+                    filter: Some(filter.clone()),
+                };
+            }
+            out.push(action(id, write));
             Ok(out)
         }
         Op::Delete => match doc_id(mapping, event, [event.key.as_ref(), event.old.as_ref(), None]) {
@@ -171,7 +185,7 @@ fn doc_id(mapping: &TableMapping, event: &Event, rows: [Option<&Row>; 3]) -> Res
 fn document(new: &Row, old: Option<&Row>) -> Write {
     match encode_document(new, |column| old.and_then(|o| o.get(column))) {
         Ok(bytes) => Write::Index(bytes),
-        Err(missing) => Write::IndexAfterRead { missing },
+        Err(missing) => Write::IndexAfterRead { missing, filter: None },
     }
 }
 
@@ -358,7 +372,8 @@ mod tests {
         assert_eq!(
             without_old[0].write,
             Write::IndexAfterRead {
-                missing: vec![Arc::from("body")]
+                missing: vec![Arc::from("body")],
+                filter: None
             }
         );
     }

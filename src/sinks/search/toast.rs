@@ -36,7 +36,7 @@ pub async fn read_back(pg: &Client, actions: Vec<Action>) -> anyhow::Result<Read
             by_table.entry(action.event.table.clone()).or_default().push(i);
         }
     }
-    let mut filled: HashMap<usize, Result<Option<Vec<u8>>, String>> = HashMap::new();
+    let mut filled: HashMap<usize, Result<Option<Write>, String>> = HashMap::new();
     for (table, positions) in by_table {
         let Some(rows) = TableRows::load(pg, &table).await? else {
             for i in positions {
@@ -62,8 +62,8 @@ pub async fn read_back(pg: &Client, actions: Vec<Action>) -> anyhow::Result<Read
     for (i, mut action) in actions.into_iter().enumerate() {
         match filled.remove(&i) {
             None => out.actions.push(action),
-            Some(Ok(Some(doc))) => {
-                action.write = Write::Index(doc);
+            Some(Ok(Some(write))) => {
+                action.write = write;
                 out.actions.push(action);
             }
             Some(Ok(None)) => gone += 1,
@@ -79,23 +79,28 @@ pub async fn read_back(pg: &Client, actions: Vec<Action>) -> anyhow::Result<Read
     Ok(out)
 }
 
-/// Each action's document (None: the row is gone), or why it cannot be made.
+/// Each action's write (None: the row is gone), or why it cannot be made.
 async fn read_table(
     pg: &Client,
     rows: &TableRows,
     wanted: &[&Action],
-) -> anyhow::Result<Vec<Result<Option<Vec<u8>>, String>>> {
-    let mut out: Vec<Result<Option<Vec<u8>>, String>> = Vec::with_capacity(wanted.len());
+) -> anyhow::Result<Vec<Result<Option<Write>, String>>> {
+    let mut out: Vec<Result<Option<Write>, String>> = Vec::with_capacity(wanted.len());
     // Actions by the columns of their key (one group, unless the schema changed mid-batch).
     let mut groups: HashMap<Vec<usize>, Vec<(usize, Key)>> = HashMap::new();
     let mut columns: Vec<usize> = Vec::new();
     for (n, action) in wanted.iter().enumerate() {
         out.push(Err(String::new()));
-        let Write::IndexAfterRead { missing } = &action.write else {
+        let Write::IndexAfterRead { missing, filter } = &action.write else {
             continue;
         };
+        // The filter's columns too, when it is to be checked on the row (they may be projected
+        // out of the document).
+        let filter_columns = filter.iter().flat_map(|f| f.columns());
         let key = missing
             .iter()
+            .map(|c| &**c)
+            .chain(filter_columns)
             .map(|c| {
                 rows.index_of(c)
                     .ok_or_else(|| format!("column {c:?} is no longer in table {}", rows.table))
@@ -125,14 +130,32 @@ async fn read_table(
 }
 
 /// The event's new row with what Postgres did not send taken from the old row (when it holds
-/// it) or from `read`.
-fn document(action: &Action, read: &Row) -> Result<Vec<u8>, String> {
+/// it) or from `read`; a delete when the action's filter says the row read is out of it.
+fn document(action: &Action, read: &Row) -> Result<Write, String> {
     let new = action.event.new.as_ref().ok_or("the event has no new row")?;
     let old = action.event.old.as_ref();
+    let sent = |column: &str| {
+        new.get(column)
+            .or_else(|| old.and_then(|o| o.get(column)))
+            .filter(|v| !v.is_unchanged_toast())
+    };
+    if let Write::IndexAfterRead {
+        filter: Some(filter), ..
+    } = &action.write
+    {
+        let row = Row(filter
+            .columns()
+            .filter_map(|c| Some((Arc::from(c), sent(c).or_else(|| read.get(c))?.clone())))
+            .collect());
+        if filter.matches(&row) == Some(false) {
+            return Ok(Write::Delete);
+        }
+    }
     encode_document(new, |column| {
         old.and_then(|o| o.get(column))
             .filter(|v| !v.is_unchanged_toast())
             .or_else(|| read.get(column))
     })
+    .map(Write::Index)
     .map_err(|missing| format!("columns {missing:?} were not found when read back"))
 }
