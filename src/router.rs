@@ -124,6 +124,36 @@ impl Router {
             .map(|s| SinkStopped(s.name.clone()))
     }
 
+    /// The columns a mapping of `table` names for its filter, key or id that the table (as a
+    /// Relation message now describes it: `columns`) no longer has. Routing on would be wrong
+    /// without a word: a filter cannot decide on a missing column, so every insert would be
+    /// dropped. Err says which mapping names what, and what to do.
+    pub fn check_columns(&self, table: &TableName, columns: &[&str]) -> Result<(), String> {
+        let Some(t) = self.tables.get(table) else {
+            return Ok(());
+        };
+        for route in &t.routes {
+            let m = &*route.mapping;
+            let named = m
+                .filter
+                .iter()
+                .flat_map(|f| f.columns())
+                .chain(m.key.iter().flatten().map(String::as_str))
+                .chain(m.id.iter().flatten().map(String::as_str));
+            let mut missing: Vec<&str> = named.filter(|c| !columns.contains(c)).collect();
+            missing.dedup();
+            if !missing.is_empty() {
+                return Err(format!(
+                    "table {table} no longer has the column(s) {missing:?} that its [[tables]] mapping names in `filter`, `key` or `id` \
+                     (renamed or dropped?); its columns are now: {}. Fix the mapping (`cdc check` checks it), then start `cdc run` again: \
+                     nothing after the last confirmed position was acknowledged, so nothing is lost",
+                    columns.join(", ")
+                ));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether any mapping wants this table (unmapped tables are ignored).
     pub fn wants(&self, table: &TableName) -> bool {
         self.tables.contains_key(table)

@@ -400,3 +400,34 @@ async fn the_identity_index_is_the_key_under_replica_identity_using_index() {
     }
     assert_eq!(events[2]["old"], json!({"code": "c-1"}));
 }
+
+/// A column the mapping's filter needs is renamed while cdc runs: a filter cannot decide on a
+/// column that is not there, so routing on would drop every insert without a word. cdc stops
+/// with exit status 1 and says what to fix, before confirming the change it could not route.
+#[tokio::test]
+async fn a_filter_column_renamed_mid_run_stops_cdc_with_the_fix_and_loses_nothing() {
+    let s = support::stdout_setup(
+        "filter_renamed",
+        "CREATE TABLE items (id int PRIMARY KEY, state text);",
+        "[[tables]]\ntable = \"items\"\nsinks = [\"out\"]\nfilter = { state = \"published\" }",
+    )
+    .await;
+    let mut cdc = s.run();
+    s.db.exec("INSERT INTO items VALUES (1, 'published')").await;
+    assert_eq!(cdc.next_events(1, Duration::from_secs(30))[0]["new"]["id"], 1);
+    s.db.exec("ALTER TABLE items RENAME COLUMN state TO status").await;
+    let before = s.db.current_wal_lsn().await;
+    s.db.exec("INSERT INTO items VALUES (2, 'published')").await;
+    let status = cdc.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(1), "stderr:\n{}", cdc.stderr_text());
+    let stderr = cdc.stderr_text();
+    assert!(
+        stderr.contains("no longer has the column(s) [\"state\"]") && stderr.contains("Fix the mapping"),
+        "{stderr}"
+    );
+    let confirmed = s.db.confirmed_flush_lsn(&s.db.name).await.unwrap();
+    assert!(
+        confirmed <= before,
+        "confirmed {confirmed:X} passed the insert cdc could not route (WAL was at {before:X} before it)"
+    );
+}

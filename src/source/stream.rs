@@ -299,7 +299,13 @@ async fn session(
                     tokio::select! {
                         biased;
                         _ = shutdown.changed() => break Stop::Shutdown,
-                        updated = relations.update(rel, &catalog) => { updated?; }
+                        updated = relations.update(rel, &catalog) => {
+                            let relation = updated?;
+                            let columns: Vec<&str> = relation.columns.iter().map(|c| &*c.name).collect();
+                            router
+                                .check_columns(&relation.table, &columns)
+                                .map_err(|e| SessionError::Fatal(crate::retry::Unrecoverable(e).into()))?;
+                        }
                     }
                 } else {
                     on_change(msg, lsn, &mut txn, &relations, router)?;
