@@ -519,40 +519,18 @@ impl Loader<'_> {
         };
         let slot = match table.get("slot") {
             None => Some("cdc".to_string()),
-            Some(slot) => self.non_empty_string(slot, "source.slot").filter(|slot| {
-                let valid = slot.len() <= 63
-                    && slot
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-                if !valid {
-                    self.problem(
-                        "source.slot",
-                        format!("{slot:?} is not a valid slot name; use at most 63 lower case letters, digits and _"),
-                    );
-                }
-                valid
-            }),
+            Some(slot) => self.server_name(slot, "source.slot", "slot name", ""),
         };
         let publication = match table.get("publication") {
             None => Some("cdc".to_string()),
             // The replication protocol sends publication_names unquoted, so pgoutput folds the
             // name to lower case and would not find one with capitals or other characters.
-            Some(publication) => self.non_empty_string(publication, "source.publication").filter(|publication| {
-                let valid = publication.len() <= 63
-                    && publication
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
-                if !valid {
-                    self.problem(
-                        "source.publication",
-                        format!(
-                            "{publication:?} is not a valid publication name; use at most 63 lower case letters, digits and _ \
-                             (cdc run could not find another name: the replication protocol passes it unquoted)"
-                        ),
-                    );
-                }
-                valid
-            }),
+            Some(publication) => self.server_name(
+                publication,
+                "source.publication",
+                "publication name",
+                " (cdc run could not find another name: the replication protocol passes it unquoted)",
+            ),
         };
         let status_interval = match table.get("status_interval") {
             None => Some(Duration::from_secs(1)),
@@ -926,6 +904,24 @@ impl Loader<'_> {
             self.problem(path, format!("expected a table, got {}", describe(item)));
         }
         table
+    }
+
+    /// A name Postgres takes as written only when it is at most 63 lower case letters, digits
+    /// and _ (a slot's rule, and what an unquoted publication name keeps).
+    fn server_name(&mut self, item: &Item, path: &str, what: &str, why: &str) -> Option<String> {
+        self.non_empty_string(item, path).filter(|name| {
+            let valid = name.len() <= 63
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_');
+            if !valid {
+                self.problem(
+                    path,
+                    format!("{name:?} is not a valid {what}; use at most 63 lower case letters, digits and _{why}"),
+                );
+            }
+            valid
+        })
     }
 
     fn non_empty_string(&mut self, item: &Item, path: &str) -> Option<String> {
