@@ -49,17 +49,18 @@ pub async fn gaps(catalog: &Client, publication: &str, tables: &[&TableName]) ->
     if version < 150000 {
         return Ok(gaps);
     }
-    // attnames lists every column when there is no column list.
+    // From the catalog rather than pg_publication_tables, whose `attnames` lists the columns
+    // differently across versions when there is no column list (generated columns or not).
     let rows = catalog
         .query(
-            "SELECT pt.schemaname::text, pt.tablename::text, pt.rowfilter, \
-               CASE WHEN pt.attnames <> ARRAY(SELECT a.attname FROM pg_catalog.pg_attribute a \
-                   WHERE a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum) \
-                 THEN array_to_string(pt.attnames, ', ') END \
-             FROM pg_catalog.pg_publication_tables pt \
-             JOIN pg_catalog.pg_namespace n ON n.nspname = pt.schemaname \
-             JOIN pg_catalog.pg_class c ON c.relnamespace = n.oid AND c.relname = pt.tablename \
-             WHERE pt.pubname = $1 ORDER BY 1, 2",
+            "SELECT n.nspname::text, c.relname::text, pg_catalog.pg_get_expr(pr.prqual, pr.prrelid), \
+               (SELECT string_agg(a.attname::text, ', ' ORDER BY a.attnum) FROM pg_catalog.pg_attribute a \
+                 WHERE a.attrelid = pr.prrelid AND a.attnum = ANY(pr.prattrs::int2[])) \
+             FROM pg_catalog.pg_publication_rel pr \
+             JOIN pg_catalog.pg_publication p ON p.oid = pr.prpubid \
+             JOIN pg_catalog.pg_class c ON c.oid = pr.prrelid \
+             JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+             WHERE p.pubname = $1 ORDER BY 1, 2",
             &[&publication],
         )
         .await?;
