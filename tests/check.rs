@@ -76,6 +76,18 @@ async fn check_says_whether_a_webhook_endpoint_answers_and_takes_a_test_event() 
     assert_eq!(events.len(), 1, "{events:?}");
     assert_eq!(events[0]["op"], "test");
 
+    // An endpoint that moved: every delivery would fail (cdc follows no redirect).
+    receiver.answer(Answer::Redirect(301, "/moved".into()));
+    let moved = support::cdc(&["--config", &path, "check"]);
+    let text = stdout_of(&moved);
+    assert_eq!(moved.status.code(), Some(1), "{text}");
+    assert!(
+        lines_starting(&text, "problem: ")
+            .iter()
+            .any(|l| l.contains("sink hook: ") && l.contains("redirect to") && l.contains("/moved")),
+        "{text}"
+    );
+
     receiver.down();
     let down = support::cdc(&["--config", &path, "check"]);
     let text = stdout_of(&down);

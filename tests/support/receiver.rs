@@ -269,7 +269,7 @@ async fn connection(stream: TcpStream, shared: Arc<Shared>) {
                 tokio::time::sleep(delay).await;
                 (200, None)
             }
-            Answer::Redirect(status, location) if method == "POST" => (status, Some(("location", location))),
+            Answer::Redirect(status, location) if method != "GET" => (status, Some(("location", location))),
             Answer::Redirect(..) => (200, None),
         };
         shared.requests.lock().unwrap().push(Request {

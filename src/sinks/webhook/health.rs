@@ -34,6 +34,11 @@ pub async fn check(name: &str, config: &WebhookConfig, send_test: bool) -> Findi
             "sink {name}: {} answers (HTTP {status} to OPTIONS; `cdc check --send-test` sends a signed test event)",
             crate::redact::url(&config.url)
         )),
+        // It answered, with a redirect: the message says what to configure.
+        Err(e) if e.starts_with("HTTP ") => Finding::Problem(format!(
+            "sink {name}: {} answered OPTIONS with {e}",
+            crate::redact::url(&config.url)
+        )),
         Err(e) => Finding::Problem(format!(
             "sink {name}: cannot reach {}: {e} — is the receiver running, and is url right?",
             crate::redact::url(&config.url)

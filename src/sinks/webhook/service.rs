@@ -131,7 +131,9 @@ impl Service {
     }
 
     /// An `OPTIONS` request to the endpoint, unsigned and carrying no event: whether anything
-    /// answers there (`cdc check`). Any HTTP status counts as an answer; the error says why not.
+    /// answers there (`cdc check`). Any HTTP status counts as an answer but a redirect: the
+    /// endpoint moved, and deliveries, which follow no redirect, would all fail. The error says
+    /// why not.
     pub async fn probe(&self) -> Result<u16, String> {
         match self
             .client
@@ -139,7 +141,17 @@ impl Service {
             .send()
             .await
         {
-            Ok(response) => Ok(response.status().as_u16()),
+            Ok(response) => {
+                let status = response.status().as_u16();
+                if !(300..400).contains(&status) {
+                    return Ok(status);
+                }
+                let location = response
+                    .headers()
+                    .get(LOCATION)
+                    .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+                Err(self.redirected(status, location.as_deref()))
+            }
             Err(e) => Err(self.describe(e)),
         }
     }
