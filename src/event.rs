@@ -160,6 +160,27 @@ impl Row {
         self.0.iter().find(|(name, _)| &**name == column).map(|(_, v)| v)
     }
 
+    /// This key's columns as `new` has them, when that moves the row to another key. None when
+    /// the key stays, or when `new` lacks a key column (a projection without it). An unchanged
+    /// TOAST value was not resent: it did not change.
+    pub fn moved_to(&self, new: &Row) -> Option<Row> {
+        fn after<'a>(new: &'a Row, name: &str, old: &'a Value) -> Option<&'a Value> {
+            new.get(name).map(|v| if v.is_unchanged_toast() { old } else { v })
+        }
+        let mut moved = false;
+        for (name, old) in &self.0 {
+            moved |= after(new, name, old)? != old;
+        }
+        // Built only for a key that moved: routing calls this for every event.
+        moved.then(|| {
+            Row(self
+                .0
+                .iter()
+                .filter_map(|(name, old)| Some((name.clone(), after(new, name, old)?.clone())))
+                .collect())
+        })
+    }
+
     pub fn unchanged_toast(&self) -> impl Iterator<Item = &Arc<str>> {
         self.0
             .iter()

@@ -294,9 +294,11 @@ pub fn route(event: &Event, mapping: &TableMapping) -> Option<Event> {
             })
         }
     };
-    let new_key = match op {
-        Op::Delete => None,
-        _ => key_after(key.as_ref(), event.new.as_ref()),
+    // Taken from the unprojected row: the projection may drop the key columns from `new`.
+    let new_key = match (op, &key, &event.new) {
+        (Op::Delete, ..) => None,
+        (_, Some(key), Some(new)) => key.moved_to(new),
+        _ => None,
     };
     // An update of columns the projection drops is not sent, unless it moved the row to another
     // key (the table's or the mapping's own `key`): receivers must learn where the row went.
@@ -312,23 +314,6 @@ pub fn route(event: &Event, mapping: &TableMapping) -> Option<Event> {
     routed.new_key = new_key;
     routed.membership_unknown = membership_unknown;
     Some(routed)
-}
-
-/// The key's columns as they are in the (unprojected) new row, when they differ from `key`: the
-/// projection may drop them from the routed row, and a sink must still learn where the row went.
-fn key_after(key: Option<&Row>, new: Option<&Row>) -> Option<Row> {
-    let (key, new) = (key?, new?);
-    let after = Row(key
-        .0
-        .iter()
-        .filter_map(|(name, _)| {
-            new.0
-                .iter()
-                .find(|(n, v)| n == name && !v.is_unchanged_toast())
-                .cloned()
-        })
-        .collect());
-    (after.0.len() == key.0.len() && after != *key).then_some(after)
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use super::ledger::TxnNo;
-use crate::event::{Event, Row, TableName, Value};
+use crate::event::{Event, Row, TableName};
 
 /// An event on its way, with the transactions whose events it stands for (several when
 /// coalescing merged events of several transactions).
@@ -188,29 +188,16 @@ fn row_key(table: &Arc<TableName>, key: &Row) -> RowKey {
 /// dropped key columns from the new row), else the key columns' values in the new row. None when
 /// the key stays.
 pub fn moved_key(event: &Event) -> Option<Row> {
-    if let Some(new_key) = &event.new_key {
-        return Some(new_key.clone());
+    match &event.new_key {
+        Some(new_key) => Some(new_key.clone()),
+        None => event.key.as_ref()?.moved_to(event.new.as_ref()?),
     }
-    let (key, new) = (event.key.as_ref()?, event.new.as_ref()?);
-    let mut moved = false;
-    let mut new_key = Vec::with_capacity(key.0.len());
-    for (name, old) in &key.0 {
-        let value = new.get(name)?;
-        if matches!(value, Value::UnchangedToast) {
-            // Postgres did not resend it: it did not change.
-            new_key.push((name.clone(), old.clone()));
-            continue;
-        }
-        moved |= value != old;
-        new_key.push((name.clone(), value.clone()));
-    }
-    moved.then_some(Row(new_key))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{Op, Position};
+    use crate::event::{Op, Position, Value};
 
     fn item(id: i64) -> Item {
         let key = Row(vec![(Arc::from("id"), Value::Int(id))]);
